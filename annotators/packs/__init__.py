@@ -1,0 +1,1 @@
+"""Prior packs shipped with cattune (YAML)."""
