@@ -1,0 +1,40 @@
+"""What every annotator is: a batch function from examples to annotated or quarantined rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from cattune.schemas import AnnotatedExample, Example, QuarantinedExample
+
+AnnotationResult = AnnotatedExample | QuarantinedExample
+
+# Source rows may carry phrase relations of their own (the CAT authors' `important` field, the
+# STG generator's gold relations) as wire-format JSON under this meta.extra key.
+GIVEN_RELATIONS_KEY = "relations"
+
+
+@runtime_checkable
+class Annotator(Protocol):
+    """Labels examples with causal relations.
+
+    ``annotate`` returns exactly one result per input example, in the same order, each either an
+    :class:`AnnotatedExample` or a :class:`QuarantinedExample` carrying a reason; it never drops a
+    row. ``config_hash`` identifies everything that changes the output (annotator, version, model,
+    pack hash, decoding parameters): rows annotated under the same hash are not annotated again.
+    """
+
+    name: str
+    version: str
+
+    def config_hash(self) -> str: ...
+
+    def annotate(self, examples: Sequence[Example]) -> list[AnnotationResult]: ...
+
+
+def stable_hash(payload: Any) -> str:
+    """A short sha256 of a JSON-serialisable payload (keys sorted)."""
+    encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
