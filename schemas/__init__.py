@@ -37,6 +37,7 @@ from cattune.schemas.records import (
     Span,
     example_id,
 )
+from cattune.schemas.settings import cattune_home
 
 __all__ = [
     "ANNOTATED_SCHEMA",
@@ -61,6 +62,7 @@ __all__ = [
     "Span",
     "StoreError",
     "align",
+    "cattune_home",
     "arrow_schema",
     "conform",
     "example_id",
