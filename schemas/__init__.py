@@ -17,7 +17,7 @@ from cattune.schemas.errors import (
     InputError,
     StoreError,
 )
-from cattune.schemas.manifest import ReleaseFile, ReleaseManifest
+from cattune.schemas.manifest import ReleaseFile, ReleaseManifest, TrainingJob
 from cattune.schemas.phrases import (
     Alignment,
     AlignmentProblem,
@@ -71,4 +71,5 @@ __all__ = [
     "parse_phrase_relations",
     "schema_version_of",
     "to_table",
+    "TrainingJob",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,4 +29,19 @@ class ReleaseManifest(BaseModel):
     rows_per_split: dict[str, int]
     files: list[ReleaseFile]
     lineage: list[dict[str, str]] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class TrainingJob(BaseModel):
+    """What a hand-off flow writes (`job.json`) and `cattune train --job` runs.
+
+    ``config`` holds training options by their CLI names without dashes (e.g. ``mode``, ``model``,
+    ``epochs``, ``alpha``, ``loss_type``); the training package validates them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    release_dir: str
+    manifest_sha256: str
+    config: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
