@@ -17,7 +17,7 @@ from cattune.schemas.errors import (
     InputError,
     StoreError,
 )
-from cattune.schemas.manifest import ReleaseFile, ReleaseManifest, TrainingJob
+from cattune.schemas.manifest import ReleaseFile, ReleaseManifest, TrainingJob, file_sha256
 from cattune.schemas.phrases import (
     Alignment,
     AlignmentProblem,
@@ -66,6 +66,7 @@ __all__ = [
     "arrow_schema",
     "conform",
     "example_id",
+    "file_sha256",
     "find_occurrences",
     "from_table",
     "parse_phrase_relations",

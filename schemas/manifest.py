@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +32,36 @@ class ReleaseManifest(BaseModel):
     files: list[ReleaseFile]
     lineage: list[dict[str, str]] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def problems(self, release_dir: str | Path) -> list[str]:
+        """What differs between the files on disk and this manifest (empty when intact).
+
+        Lives with the contract so that training jobs can check a release without the pipeline.
+        """
+        root = Path(release_dir)
+        found: list[str] = []
+        for item in self.files:
+            path = root / item.path
+            if not path.is_file():
+                found.append(f"missing file {item.path}")
+            elif file_sha256(path) != item.sha256:
+                found.append(f"changed file {item.path} (sha256 differs from the manifest)")
+        listed = {item.path for item in self.files}
+        data_dir = root / "data"
+        if data_dir.is_dir():
+            for path in sorted(data_dir.rglob("*")):
+                relative = path.relative_to(root).as_posix()
+                if path.is_file() and relative not in listed:
+                    found.append(f"extra file {relative} (not in the manifest)")
+        return found
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class TrainingJob(BaseModel):
