@@ -1,0 +1,281 @@
+"""Reading source files: formats, per-row errors, whole-file errors, given relations."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cattune.annotators.base import GIVEN_RELATIONS_KEY
+from cattune.pipeline.sources import load_examples, read_source
+from cattune.schemas import (
+    AnnotatedExample,
+    Annotation,
+    Example,
+    InputError,
+    Meta,
+    Relation,
+    Span,
+    to_table,
+)
+
+
+def _write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_jsonl_pairs_meta_and_extra(tmp_path: Path) -> None:
+    path = _write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"prompt": "a", "completion": "b", "split": "train", "label": 3, "ood": True},
+            {"input": "x ", "target": 32, "type": "singleop", "idx": 7},
+            {"question": "q?", "answer": "yes"},
+        ],
+    )
+    rows = list(read_source(path, source_name="mine"))
+    assert [r.line for r in rows] == [1, 2, 3]
+    first, second, third = (r.example for r in rows)
+    assert (first.prompt, first.completion) == ("a", "b")
+    assert first.meta == Meta(source="mine", split="train", label="3", ood=True)
+    assert second.completion == "32"  # STG_H integer targets compare as text
+    assert second.meta.extra == {"type": "singleop", "idx": "7"}
+    assert second.meta.source == "mine"
+    assert (third.prompt, third.completion) == ("q?", "yes")
+    assert first.id == Example.create("a", "b").id
+
+
+def test_cat_important_becomes_wire_relations(tmp_path: Path) -> None:
+    path = _write_jsonl(
+        tmp_path / "cat.jsonl",
+        [
+            {"input": "S: 8 Answer: ", "target": "High", "important": [{"High": ["S: 8"]}]},
+            {"input": "S: 1 Answer: ", "target": "Low", "important": []},
+            {"input": "S: 2 Answer: ", "target": "Low"},
+        ],
+    )
+    examples = load_examples(path, format="cat")
+    wire = [e.meta.extra.get(GIVEN_RELATIONS_KEY) for e in examples]
+    assert json.loads(wire[0]) == {"relations": [{"effect": "High", "causes": ["S: 8"]}]}
+    assert json.loads(wire[1]) == {"relations": []}  # an empty label is kept, not dropped
+    assert wire[2] is None
+    assert load_examples(path) == examples  # auto detects the same
+
+
+def test_reads_every_reference_file(reference_data: Path) -> None:
+    for path in sorted(reference_data.glob("*/*.jsonl")):
+        rows = list(read_source(path))
+        expected = sum(1 for line in path.read_text().splitlines() if line.strip())
+        assert len(rows) == expected, path
+        assert all(r.example is not None for r in rows), path
+
+
+def test_bad_rows_are_reported_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    lines = [
+        b'{"prompt": "ok", "completion": "fine"}',
+        b'{"prompt": "broken"',
+        b"[1, 2]",
+        b'{"completion": "no prompt"}',
+        b'{"prompt": "", "completion": "x"}',
+        b'{"prompt": ["a"], "completion": "x"}',
+        b'{"prompt": "caf\xe9", "completion": "x"}',
+        b"",
+        b'{"input": "p", "target": "t", "important": "nonsense"}',
+        b'{"prompt": "p", "completion": null}',
+        b'{"prompt": "last", "completion": "good"}',
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    rows = list(read_source(path))
+    by_line = {r.line: r for r in rows}
+    assert 8 not in by_line  # blank lines are skipped
+    assert by_line[1].example is not None and by_line[11].example is not None
+    expected = {
+        2: "invalid JSON",
+        3: "expected a JSON object, got list",
+        4: "missing field 'prompt'",
+        5: "field 'prompt' is empty",
+        6: "field 'prompt' must be text",
+        7: "not valid UTF-8",
+        9: "field 'important'",
+        10: "missing field 'completion'",
+    }
+    for line, needle in expected.items():
+        assert by_line[line].example is None
+        assert needle in by_line[line].error, (line, by_line[line].error)
+    assert by_line[2].raw == '{"prompt": "broken"'
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: invalid JSON"):
+        load_examples(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "no such file"),
+        (b"", "empty"),
+        (b"\n  \n", "empty"),
+        (b"\x00\x01\x02binary", "binary"),
+    ],
+)
+def test_whole_file_problems_raise(tmp_path: Path, content: bytes | None, needle: str) -> None:
+    path = tmp_path / "data.jsonl"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=needle) as info:
+        list(read_source(path))
+    assert str(path) in str(info.value)
+
+
+def test_empty_directory_and_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no \\*.parquet"):
+        list(read_source(tmp_path))
+    odd = tmp_path / "data.bin"
+    odd.write_text("hello")
+    with pytest.raises(InputError, match="pass the format"):
+        list(read_source(odd))
+    with pytest.raises(InputError, match="unknown format"):
+        list(read_source(odd, format="xml"))  # type: ignore[arg-type]
+
+
+def test_csv_multiline_big_field_and_errors(tmp_path: Path) -> None:
+    big = "word " * 1_000_000  # a 5 MB prompt is a valid row
+    path = tmp_path / "d.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "completion", "split"])
+        writer.writerow(["two\nlines", "ok", "train"])
+        writer.writerow([big, "done", "test"])
+        writer.writerow(["short row"])
+    with path.open("ab") as handle:
+        handle.write(b"bad \xff,x,train\n")
+    rows = list(read_source(path))
+    assert [r.line for r in rows] == [2, 4, 5, 6]
+    assert rows[0].example.prompt == "two\nlines" and rows[0].example.meta.split == "train"
+    assert rows[1].example.prompt == big
+    assert "expected 3 columns" in rows[2].error
+    assert "UTF-8" in rows[3].error
+
+
+def test_csv_header_without_known_columns(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("text,output\nhello,world\n")
+    with pytest.raises(InputError, match="--prompt-field"):
+        list(read_source(path))
+    rows = list(read_source(path, prompt_field="text", completion_field="output"))
+    assert (rows[0].example.prompt, rows[0].example.completion) == ("hello", "world")
+
+
+def test_large_jsonl_streams(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as handle:
+        for i in range(100_000):
+            handle.write(json.dumps({"prompt": f"p{i}", "completion": "c"}) + "\n")
+    rows = read_source(path)
+    assert next(rows).example.prompt == "p0"
+    assert sum(1 for _ in rows) == 99_999
+
+
+def _annotated(prompt: str, completion: str) -> AnnotatedExample:
+    text = prompt + completion
+    effect = text.index("High")
+    cause = text.index("S: 8")
+    return AnnotatedExample(
+        id=Example.create(prompt, completion).id,
+        prompt=prompt,
+        completion=completion,
+        meta=Meta(source="gen", split="train", label="High"),
+        relations=[
+            Relation(
+                effect=Span(start=effect, end=effect + 4),
+                causes=[Span(start=cause, end=cause + 4)],
+            )
+        ],
+        annotation=Annotation(annotator="gold", annotator_version="1"),
+    )
+
+
+def test_contract_parquet_file_and_directory(tmp_path: Path) -> None:
+    records = [_annotated("S: 8 W: 1 Answer: ", "High"), _annotated("x S: 8 Answer: ", "High")]
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(to_table(records[:1], AnnotatedExample), data / "part-0.parquet")
+    pq.write_table(to_table(records[1:], AnnotatedExample), data / "part-1.parquet")
+    rows = list(read_source(data))
+    assert [r.line for r in rows] == [1, 2]
+    for row, record in zip(rows, records, strict=True):
+        assert row.example.id == record.id
+        assert row.example.meta.split == "train" and row.example.meta.source == "gen"
+        wire = json.loads(row.example.meta.extra[GIVEN_RELATIONS_KEY])
+        assert wire == {"relations": [{"effect": "High", "causes": ["S: 8"]}]}
+    single = list(read_source(data / "part-1.parquet", format="contract"))
+    assert single[0].example == rows[1].example
+
+
+def test_parquet_plain_columns_and_bad_rows(tmp_path: Path) -> None:
+    table = pa.table({"input": ["a", None, "c"], "target": [1, 2, 3], "idx": [1, 2, 3]})
+    path = tmp_path / "plain.parquet"
+    pq.write_table(table, path)
+    rows = list(read_source(path))
+    assert rows[0].example.completion == "1" and rows[0].example.meta.extra == {"idx": "1"}
+    assert rows[1].example is None and "missing field 'input'" in rows[1].error
+    assert json.loads(rows[1].raw) == {"input": None, "target": 2, "idx": 2}
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match="not a readable Parquet"):
+        list(read_source(garbage))
+
+
+def test_hugging_face_save_to_disk(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = {"question": ["1+1?", "2+2?"], "answer": ["2", "4"], "split": ["train", "train"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "single"))
+    examples = load_examples(tmp_path / "single")
+    assert [(e.prompt, e.completion, e.meta.split) for e in examples] == [
+        ("1+1?", "2", "train"),
+        ("2+2?", "4", "train"),
+    ]
+    splits = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"prompt": ["a", "b"], "completion": ["1", "2"]}),
+            "test": datasets.Dataset.from_dict({"prompt": ["c"], "completion": ["3"]}),
+        }
+    )
+    splits.save_to_disk(str(tmp_path / "dict"))
+    read = list(read_source(tmp_path / "dict"))
+    assert sorted((r.example.prompt, r.example.meta.split) for r in read) == [
+        ("a", "train"),
+        ("b", "train"),
+        ("c", "test"),
+    ]
+    assert sorted(r.line for r in read) == [1, 2, 3]
+
+
+# NUL bytes mark a file as binary, so generated text leaves them out.
+texts = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=texts.filter(lambda t: t != ""), completion=texts)
+def test_text_round_trips_through_jsonl_and_csv(
+    tmp_path: Path, prompt: str, completion: str
+) -> None:
+    jsonl = _write_jsonl(tmp_path / "h.jsonl", [{"prompt": prompt, "completion": completion}])
+    (row,) = read_source(jsonl)
+    assert (row.example.prompt, row.example.completion) == (prompt, completion)
+    path = tmp_path / "h.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["prompt", "completion"], [prompt, completion]])
+    rows = list(read_source(path))
+    if not prompt.strip() and not completion.strip():
+        assert rows == []  # a blank CSV record is skipped like a blank line
+    else:
+        assert (rows[0].example.prompt, rows[0].example.completion) == (prompt, completion)
