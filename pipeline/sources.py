@@ -386,7 +386,7 @@ def _to_example(record: dict[str, Any], fields: _Fields, source: str, split: str
     prompt = _text_field(record, prompt_name)
     if not prompt:
         raise _RowError(f"field {prompt_name!r} is empty")
-    completion = _text_field(record, completion_name)
+    completion = _text_field(record, completion_name, numbers=True)
     used = {prompt_name, completion_name}
     extra: dict[str, str] = {}
     if CAT_RELATIONS_FIELD in record and fields.mode != "contract":
@@ -414,13 +414,14 @@ def _pick_fields(record: dict[str, Any], fields: _Fields) -> tuple[str, str]:
     )
 
 
-def _text_field(record: dict[str, Any], name: str) -> str:
+def _text_field(record: dict[str, Any], name: str, *, numbers: bool = False) -> str:
+    """A text field; ``numbers`` admits int/float values as their text (STG_H targets)."""
     if name not in record or record[name] is None:
         raise _RowError(f"missing field {name!r}")
     value = record[name]
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if numbers and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     raise _RowError(f"field {name!r} must be text, got {type(value).__name__}")
 
@@ -479,7 +480,7 @@ def _contract_example(record: dict[str, Any], source: str, split: str | None) ->
     prompt = _text_field(record, "prompt")
     if not prompt:
         raise _RowError("field 'prompt' is empty")
-    completion = _text_field(record, "completion")
+    completion = _text_field(record, "completion", numbers=True)
     raw_meta = record.get("meta") or {}
     if isinstance(raw_meta, str):
         try:
