@@ -1,0 +1,526 @@
+"""LLMAnnotator: causal relations from any OpenAI-compatible chat endpoint (OpenAI, `vllm serve`).
+
+One few-shot request per distinct text (prompts: :mod:`cattune.annotators.llm_prompt`), asking
+for the wire format through ``response_format=json_schema``; replies are read leniently and
+checked strictly against the text (:mod:`cattune.annotators.llm_parse`). A reply with problems
+gets exactly one repair request quoting them; if that reply is still unusable the row is
+quarantined (``retryable=False``). Timeouts, 429/5xx and connection errors are retried with
+exponential backoff and jitter, honouring ``Retry-After``; when retries run out the row is
+quarantined with ``retryable=True`` so a later run retries only those rows. Validated replies are
+cached in SQLite (:mod:`cattune.annotators.llm_cache`), so re-running unchanged rows sends no
+request. The API key never leaves the HTTP client: not in logs, results, errors or reprs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import SecretStr
+
+from cattune.annotators.base import AnnotationResult, stable_hash
+from cattune.annotators.llm_cache import ReplyCache, cache_key
+from cattune.annotators.llm_parse import annotated, check_reply, quarantined
+from cattune.annotators.llm_prompt import (
+    PROMPT_VERSION,
+    Message,
+    build_messages,
+    build_repair_messages,
+    json_schema_response_format,
+    prompt_hash,
+)
+from cattune.annotators.pack import PriorPack
+from cattune.schemas import (
+    AnnotatedExample,
+    Annotation,
+    ConfigError,
+    EndpointError,
+    Example,
+    cattune_home,
+)
+from cattune.schemas.phrases import Strategy
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+PLACEHOLDER_API_KEY = "EMPTY"  # what local servers such as `vllm serve` accept without --api-key
+_RETRYABLE_STATUS = {408, 409, 425, 429}
+
+
+def default_cache_path() -> Path:
+    return cattune_home() / "cache" / "llm.sqlite"
+
+
+def resolve_pack(pack: PriorPack | str | Path | None) -> PriorPack:
+    """A pack object, a shipped pack name or a pack file path."""
+    if pack is None:
+        raise ConfigError("the LLM annotators need a prior pack for their prompt: pass --pack")
+    if isinstance(pack, PriorPack):
+        return pack
+    from cattune.annotators.pack import load_pack
+
+    return load_pack(pack)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Sampling settings; part of every cache key and of the config hash."""
+
+    temperature: float = 0.0
+    max_tokens: int | None = 2048
+    top_p: float | None = None
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class RunStats:
+    """What the last ``annotate`` call did."""
+
+    rows: int = 0
+    cached: int = 0
+    requests: int = 0
+    annotated: int = 0
+    quarantined: int = 0
+
+
+class _RowFailed(Exception):
+    def __init__(self, reason: str, attempts: int, *, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = attempts
+        self.retryable = retryable
+
+
+@dataclass
+class _Run:
+    client: AsyncOpenAI
+    cache: ReplyCache | None
+    semaphore: asyncio.Semaphore
+    structured: bool
+    stats: RunStats
+    pause_until: float = 0.0
+    any_response: bool = field(default=False)
+
+
+def _is_connect_failure(error: BaseException) -> bool:
+    """True when the TCP connection could not be opened at all (refused, unknown host).
+
+    Checked by class name along the MRO because the SDK's HTTP library changed its package name
+    (httpx, httpx2) across openai versions.
+    """
+    cause = error.__cause__
+    return cause is not None and any(c.__name__ == "ConnectError" for c in type(cause).__mro__)
+
+
+def _retry_after_seconds(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` / ``Retry-After`` (a number or an HTTP date)."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+class LLMAnnotator:
+    """Annotates through an OpenAI-compatible chat-completions endpoint; see the module doc."""
+
+    name = "llm"
+    version = "1.0.0"
+
+    def __init__(
+        self,
+        pack: PriorPack | str | Path | None,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key: SecretStr | str | None = None,
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        concurrency: int = 16,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        max_retry_after: float = 120.0,
+        temperature: float = 0.0,
+        max_tokens: int | None = 2048,
+        top_p: float | None = None,
+        seed: int | None = None,
+        structured_output: bool = True,
+        cache: str | Path | Literal[False] | None = None,
+        strategy: Strategy = "all",
+        progress: bool | None = None,
+    ) -> None:
+        if not model:
+            raise ConfigError("the LLM annotator needs a model name: pass --model")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive (seconds), got {timeout}")
+        if max_retries < 0:
+            raise ConfigError(f"max_retries must be 0 or more, got {max_retries}")
+        self.pack = resolve_pack(pack)
+        self.model = model
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self._api_key = self._resolve_key(api_key, api_key_env, base_url)
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_retry_after = max_retry_after
+        self.decoding = Decoding(temperature, max_tokens, top_p, seed)
+        self.structured_output = structured_output
+        self.cache_path = None if cache is False else Path(cache or default_cache_path())
+        self.strategy = strategy
+        self.progress = progress
+        self.last_run = RunStats()
+        self._pack_hash = self.pack.content_hash
+        self._prompt_hash = prompt_hash(self.pack)
+
+    @staticmethod
+    def _resolve_key(api_key: SecretStr | str | None, env: str, base_url: str | None) -> SecretStr:
+        if isinstance(api_key, SecretStr):
+            return api_key
+        if api_key:
+            return SecretStr(api_key)
+        from_env = os.environ.get(env)
+        if from_env:
+            return SecretStr(from_env)
+        if base_url is None:
+            raise ConfigError(
+                f"no API key: set the environment variable {env} (or choose another variable "
+                "with --api-key-env), or pass --base-url for a local server that needs no key"
+            )
+        return SecretStr(PLACEHOLDER_API_KEY)
+
+    def __repr__(self) -> str:
+        return (
+            f"LLMAnnotator(model={self.model!r}, base_url={self.base_url!r}, "
+            f"pack={self.pack.name!r}, api_key_env={self.api_key_env!r})"
+        )
+
+    def config_hash(self) -> str:
+        return stable_hash(
+            {
+                "annotator": self.name,
+                "version": self.version,
+                "model": self.model,
+                "pack_hash": self._pack_hash,
+                "decoding": self.decoding.as_dict(),
+                "prompt_version": PROMPT_VERSION,
+                "prompt_hash": self._prompt_hash,
+                "structured_output": self.structured_output,
+                "strategy": self.strategy,
+            }
+        )
+
+    def cache_key(self, text: str) -> str:
+        return cache_key(
+            text,
+            {
+                "pack_hash": self._pack_hash,
+                "model": self.model,
+                "decoding": self.decoding.as_dict(),
+                "prompt_version": PROMPT_VERSION,
+            },
+        )
+
+    def annotate(self, examples: Sequence[Example]) -> list[AnnotationResult]:
+        """Annotate a batch; usable from plain code, threads and running event loops alike."""
+        batch = list(examples)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.aannotate(batch))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self.aannotate(batch)).result()
+
+    async def aannotate(self, examples: Sequence[Example]) -> list[AnnotationResult]:
+        stats = RunStats(rows=len(examples))
+        self.last_run = stats
+        results: list[AnnotationResult | None] = [None] * len(examples)
+        keys = [self.cache_key(example.text) for example in examples]
+        cache = ReplyCache(self.cache_path) if self.cache_path is not None else None
+        try:
+            hits = cache.get_many(keys) if cache is not None else {}
+            pending: dict[str, list[int]] = {}
+            for index, (example, key) in enumerate(zip(examples, keys, strict=True)):
+                hit = hits.get(key)
+                checked = check_reply(hit.reply, example.text, self.strategy) if hit else None
+                if hit is not None and checked is not None and checked.ok:
+                    annotation = self._annotation(hit.attempts, hit.created_at)
+                    results[index] = annotated(example, checked, annotation)
+                    stats.cached += 1
+                else:
+                    pending.setdefault(key, []).append(index)
+            if pending:
+                await self._annotate_pending(examples, pending, results, cache, stats)
+        finally:
+            if cache is not None:
+                cache.close()
+        final = [r for r in results if r is not None]
+        assert len(final) == len(examples), "every row must end annotated or quarantined"
+        stats.annotated = sum(isinstance(r, AnnotatedExample) for r in final)
+        stats.quarantined = len(final) - stats.annotated
+        logger.info(
+            "llm annotator: %d rows, %d from cache, %d requests, %d quarantined",
+            stats.rows,
+            stats.cached,
+            stats.requests,
+            stats.quarantined,
+        )
+        return final
+
+    async def _annotate_pending(
+        self,
+        examples: Sequence[Example],
+        pending: dict[str, list[int]],
+        results: list[AnnotationResult | None],
+        cache: ReplyCache | None,
+        stats: RunStats,
+    ) -> None:
+        from openai import AsyncOpenAI
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        client = AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key.get_secret_value(),
+            max_retries=0,
+            timeout=self.timeout,
+        )
+        run = _Run(
+            client, cache, asyncio.Semaphore(self.concurrency), self.structured_output, stats
+        )
+        show = self.progress
+        if show is None:
+            show = len(pending) >= 50 and sys.stderr.isatty()
+        progress = Progress(
+            *Progress.get_default_columns()[:1],
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            disable=not show,
+        )
+
+        task_id = progress.add_task("LLM annotation", total=sum(map(len, pending.values())))
+
+        async def one(key: str, indices: list[int]) -> None:
+            """One request chain per distinct text; rows repeating that text share the result."""
+            first = examples[indices[0]]
+            result = await self._annotate_row(run, first, key)
+            for index in indices:
+                meta = examples[index].meta
+                same = meta == first.meta
+                results[index] = result if same else result.model_copy(update={"meta": meta})
+            progress.advance(task_id, len(indices))
+
+        try:
+            with progress:
+                tasks = [asyncio.create_task(one(k, v)) for k, v in pending.items()]
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                failed = next((t for t in done if t.exception() is not None), None)
+                if failed is not None:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    raise failed.exception()  # type: ignore[misc]
+        finally:
+            await client.close()
+
+    async def _annotate_row(self, run: _Run, example: Example, key: str) -> AnnotationResult:
+        attempts = 0
+        text = example.text
+        messages = build_messages(self.pack, text)
+        try:
+            reply, used = await self._complete(run, messages)
+            attempts += used
+            checked = check_reply(reply, text, self.strategy)
+            if not checked.ok:
+                repair = build_repair_messages(messages, reply, checked.problems)
+                reply, used = await self._complete(run, repair)
+                attempts += used
+                checked = check_reply(reply, text, self.strategy)
+                if not checked.ok:
+                    return quarantined(
+                        example,
+                        self._annotation(attempts),
+                        "reply unusable after one repair request: " + "; ".join(checked.problems),
+                        raw_output=self._scrub(reply),
+                        retryable=False,
+                    )
+        except _RowFailed as failure:
+            return quarantined(
+                example,
+                self._annotation(attempts + failure.attempts),
+                self._scrub(failure.reason),
+                raw_output=None,
+                retryable=failure.retryable,
+            )
+        if run.cache is not None:
+            run.cache.put(key, reply, attempts)
+        return annotated(example, checked, self._annotation(attempts))
+
+    async def _complete(self, run: _Run, messages: list[Message]) -> tuple[str, int]:
+        """One chat completion with retries; returns (reply text, requests sent)."""
+        import openai
+
+        reason = ""
+        connect_failures = 0
+        sent = 0
+        while True:
+            delay = self._backoff_delay(sent)
+            await self._wait_for_pause(run)
+            async with run.semaphore:
+                sent += 1
+                run.stats.requests += 1
+                try:
+                    response = await run.client.chat.completions.create(
+                        model=self.model,
+                        messages=messages,  # type: ignore[arg-type]
+                        timeout=self.timeout,
+                        **self.decoding.as_dict(),
+                        **(
+                            {"response_format": json_schema_response_format()}
+                            if run.structured
+                            else {}
+                        ),
+                    )
+                except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+                    raise EndpointError(
+                        f"the endpoint {self._where()} refused the API key "
+                        f"(HTTP {error.status_code}); put a valid key in ${self.api_key_env} "
+                        "or choose the variable with --api-key-env"
+                    ) from None
+                except openai.NotFoundError:
+                    raise EndpointError(
+                        f"the endpoint {self._where()} answered 404 for model {self.model!r}: "
+                        "check --model against the server's model list and that --base-url "
+                        "ends in /v1"
+                    ) from None
+                except openai.BadRequestError as error:
+                    if run.structured and "response_format" in str(error.message):
+                        run.structured = False
+                        logger.warning(
+                            "the endpoint does not accept response_format=json_schema; "
+                            "asking in the prompt only and reading replies leniently"
+                        )
+                        continue
+                    raise _RowFailed(
+                        f"the endpoint rejected the request (HTTP 400): {error.message}",
+                        sent,
+                        retryable=False,
+                    ) from None
+                except openai.APIStatusError as error:
+                    status = error.status_code
+                    if status < 500 and status not in _RETRYABLE_STATUS:
+                        raise _RowFailed(
+                            f"the endpoint answered HTTP {status}: {error.message}",
+                            sent,
+                            retryable=False,
+                        ) from None
+                    reason = f"HTTP {status} from the endpoint"
+                    wait = _retry_after_seconds(error.response.headers)
+                    if wait is not None:
+                        if wait > self.max_retry_after:
+                            raise _RowFailed(
+                                f"rate limited: the endpoint asked to wait {wait:.0f} s, more "
+                                f"than max_retry_after={self.max_retry_after:.0f} s",
+                                sent,
+                                retryable=True,
+                            ) from None
+                        delay = wait
+                        run.pause_until = max(run.pause_until, time.monotonic() + wait)
+                except openai.APITimeoutError:
+                    reason = f"no reply within the {self.timeout:g} s timeout"
+                except openai.APIConnectionError as error:
+                    cause = type(error.__cause__).__name__ if error.__cause__ else "unknown"
+                    if _is_connect_failure(error):
+                        connect_failures += 1
+                        reason = f"cannot connect to the endpoint ({cause})"
+                    else:
+                        reason = f"connection lost ({cause})"
+                except (ValueError, openai.APIResponseValidationError) as error:
+                    reason = f"malformed response body ({type(error).__name__})"
+                else:
+                    run.any_response = True
+                    message = response.choices[0].message if response.choices else None
+                    content = (message.content or message.refusal or "") if message else ""
+                    return content, sent
+            if sent > self.max_retries:
+                break
+            await asyncio.sleep(delay)
+        if connect_failures == sent and not run.any_response:
+            raise EndpointError(
+                f"cannot connect to the endpoint {self._where()}: start the server (for example "
+                "`vllm serve MODEL`) or fix --base-url"
+            )
+        raise _RowFailed(f"{reason}; gave up after {sent} attempts", sent, retryable=True)
+
+    async def _wait_for_pause(self, run: _Run) -> None:
+        """A 429 with Retry-After holds back every request of the run, not only its own retry."""
+        while (wait := run.pause_until - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+
+    def _backoff_delay(self, failures: int) -> float:
+        """Exponential backoff with jitter: half fixed, half random."""
+        ceiling = min(self.max_backoff, self.backoff * 2**failures)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _where(self) -> str:
+        return self.base_url or "api.openai.com"
+
+    def _scrub(self, text: str) -> str:
+        key = self._api_key.get_secret_value()
+        if key and key != PLACEHOLDER_API_KEY:
+            text = text.replace(key, "***")
+        return text
+
+    def _annotation(self, attempts: int, created_at: datetime | None = None) -> Annotation:
+        extra = {} if created_at is None else {"created_at": created_at}
+        return Annotation(
+            annotator=self.name,
+            annotator_version=self.version,
+            model=self.model,
+            pack=self.pack.name,
+            pack_hash=self._pack_hash,
+            prompt_hash=self._prompt_hash,
+            config_hash=self.config_hash(),
+            attempts=attempts,
+            **extra,
+        )
