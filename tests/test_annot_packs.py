@@ -1,0 +1,122 @@
+"""Prior packs: the shipped ones load, broken ones fail with the file and the field at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cattune.annotators.pack import (
+    KeyValueRules,
+    MathRules,
+    MultipleChoiceRules,
+    PriorPack,
+    load_pack,
+    shipped_packs,
+)
+from cattune.annotators.prior import PriorAnnotator
+from cattune.flows.cli import main
+from cattune.schemas import AnnotatedExample, ConfigError, Example, align
+
+RULE_TYPES = {
+    "math-word-problems": MathRules,
+    "key-value-records": KeyValueRules,
+    "multiple-choice": MultipleChoiceRules,
+}
+
+
+def test_shipped_packs_load_with_typed_rules_and_aligning_demos() -> None:
+    assert set(shipped_packs()) == set(RULE_TYPES)
+    hashes = set()
+    for name in shipped_packs():
+        pack = load_pack(name)
+        assert isinstance(pack.rules, RULE_TYPES[name])
+        assert pack.instructions.strip() and len(pack.demonstrations) >= 2
+        for demo in pack.demonstrations:
+            alignment = align(demo.prompt + demo.completion, demo.relations)
+            assert alignment.relations and not alignment.problems
+        hashes.add(pack.content_hash)
+    assert len(hashes) == 3
+
+
+def _write(tmp_path: Path, data: object, name: str = "pack.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False) if not isinstance(data, str) else data)
+    return path
+
+
+def _pack_data(name: str = "math-word-problems") -> dict:
+    return load_pack(name).model_dump(mode="json")
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ninstructions: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"pack\.yaml: not valid YAML"):
+        load_pack(path)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.pop("instructions"), "field instructions"),
+        (lambda d: d.update(demonstrations=d["demonstrations"][:1]), "field demonstrations"),
+        (lambda d: d["rules"].update(kind="tables"), "field rules"),
+        (lambda d: d["rules"].update(answer_patterns=["(unclosed"]), "rules.math-word-problems"),
+        (lambda d: d.update(name="Bad Name"), "field name"),
+    ],
+)
+def test_missing_or_bad_field_is_named(tmp_path: Path, mutate, field: str) -> None:
+    data = _pack_data()
+    mutate(data)
+    with pytest.raises(ConfigError) as error:
+        load_pack(_write(tmp_path, data))
+    assert str(tmp_path / "pack.yaml") in str(error.value)
+    assert field in str(error.value)
+
+
+def test_demo_phrase_absent_from_its_text_is_rejected(tmp_path: Path) -> None:
+    data = _pack_data()
+    data["demonstrations"][1]["relations"][0]["causes"].append("seventeen bananas")
+    with pytest.raises(ConfigError, match=r"demonstrations\[1\]\.relations: .*seventeen bananas"):
+        load_pack(_write(tmp_path, data))
+
+
+def test_unknown_pack_name_lists_the_shipped_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key-value-records, math-word-problems, multiple-choice"):
+        load_pack("recipes")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pack(tmp_path / "missing.yaml")
+
+
+def test_content_hash_follows_content(tmp_path: Path) -> None:
+    data = _pack_data()
+    same = load_pack(_write(tmp_path, data, "a.yaml"))
+    assert same.content_hash == load_pack("math-word-problems").content_hash
+    data["rules"]["unit_words"] = 2
+    assert load_pack(_write(tmp_path, data, "b.yaml")).content_hash != same.content_hash
+
+
+def test_user_pack_with_own_causal_keys(tmp_path: Path) -> None:
+    data = _pack_data("key-value-records")
+    data["name"] = "house-prices"
+    data["rules"]["profiles"] = [
+        {"name": "houses", "causal_keys": ["Area", "Rooms"], "cause": "item"}
+    ]
+    pack = PriorPack.model_validate(load_pack(_write(tmp_path, data)).model_dump())
+    example = Example.create("Area: 120, Colour: 3, Rooms: 4. Price? Answer: ", "high")
+    (row,) = PriorAnnotator(tmp_path / "pack.yaml").annotate([example])
+    assert isinstance(row, AnnotatedExample)
+    assert row.annotation.pack == "house-prices"
+    assert row.annotation.pack_hash == pack.content_hash
+    (relation,) = row.relations
+    assert relation.effect.text(row.text) == "high"
+    assert [c.text(row.text) for c in relation.causes] == ["Area: 120", "Rooms: 4"]
+
+
+def test_cli_lists_packs_and_checks_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["annotators", "packs", "--json"]) == 0
+    assert "key-value-records" in capsys.readouterr().out
+    broken = _write(tmp_path, {"name": "x"})
+    assert main(["annotators", "packs", str(broken)]) == 2
+    assert "field version" in capsys.readouterr().err
