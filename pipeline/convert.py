@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cattune.annotators.base import GIVEN_RELATIONS_KEY
+from cattune.annotators.base import GIVEN_RELATIONS_KEY, stable_hash
+from cattune.annotators.given import GivenAnnotator
 from cattune.pipeline.sources import SourceFormat, read_source
 from cattune.schemas import (
     AnnotatedExample,
@@ -31,8 +32,6 @@ from cattune.schemas import (
 )
 from cattune.schemas.phrases import Strategy
 
-GIVEN_ANNOTATOR = "given"
-GIVEN_ANNOTATOR_VERSION = "1"
 NO_RELATIONS = "no relations given"
 
 
@@ -99,6 +98,17 @@ def annotate_given(
     )
 
 
+def convert_annotation(strategy: Strategy) -> Annotation:
+    """Provenance of converted rows: the ``given`` annotator, with a config hash of its own
+    because, unlike :class:`GivenAnnotator`, conversion keeps rows that carry no relations."""
+    config = {"annotator": GivenAnnotator.name, "version": GivenAnnotator.version}
+    return Annotation(
+        annotator=GivenAnnotator.name,
+        annotator_version=GivenAnnotator.version,
+        config_hash=stable_hash({**config, "strategy": strategy, "keeps_every_row": True}),
+    )
+
+
 def convert_source(
     path: str | Path,
     *,
@@ -107,7 +117,7 @@ def convert_source(
     source_name: str | None = None,
 ) -> tuple[list[AnnotatedExample], ConvertSummary]:
     """Read a source strictly and turn its given relations into contract rows."""
-    annotation = Annotation(annotator=GIVEN_ANNOTATOR, annotator_version=GIVEN_ANNOTATOR_VERSION)
+    annotation = convert_annotation(strategy)
     summary = ConvertSummary()
     records: list[AnnotatedExample] = []
     for row in read_source(path, format=format, source_name=source_name):

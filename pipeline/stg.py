@@ -15,7 +15,8 @@ Five spurious indices are a slope times one cause plus Gaussian noise in IID spl
 independent uniforms in the OOD split; three irrelevant variables. Items keep a fixed order.
 
 Gold relations: the answer is the effect ("High Risk" for STG; "Answer: 32" for STG_H, the authors'
-forms) and the causal items are its causes, as full "Name: value" items.
+forms) and the causal items are its causes, as full "Name: value" items; they are aligned by the
+:class:`~cattune.annotators.given.GoldAnnotator`, so rows are exactly what it makes of them.
 """
 
 from __future__ import annotations
@@ -27,23 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from cattune.annotators.base import GIVEN_RELATIONS_KEY, stable_hash
+from cattune.annotators.base import GIVEN_RELATIONS_KEY
+from cattune.annotators.given import GoldAnnotator
 from cattune.pipeline.convert import write_parquet
 from cattune.schemas import (
     AnnotatedExample,
-    Annotation,
     ConfigError,
     Example,
     Meta,
-    align,
-    parse_phrase_relations,
 )
 
 Variant = Literal["stg", "stg_h"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
 SPLITS = ("train", "iid_test", "ood_test")
-GOLD_ANNOTATOR = "gold"
-GENERATOR_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -186,16 +183,20 @@ ROW_MAKERS: dict[str, Callable[[random.Random, bool], GameRow]] = {
 # --- contract rows -----------------------------------------------------------------------------
 
 
-def _annotated(row: GameRow, meta: Meta, annotation: Annotation) -> AnnotatedExample:
+def _example(row: GameRow, meta: Meta) -> Example:
     wire = {"relations": [{"effect": row.effect, "causes": row.causes}]}
-    meta = meta.model_copy(update={"extra": {GIVEN_RELATIONS_KEY: json.dumps(wire)}})
-    example = Example.create(row.prompt, row.answer, meta)
-    alignment = align(example.text, parse_phrase_relations(wire))
-    if alignment.problems:  # the generator wrote the text itself: this is a bug, not bad input
-        raise AssertionError(f"gold relations do not align: {alignment.problems}")
-    return AnnotatedExample(
-        **example.model_dump(), relations=alignment.relations, annotation=annotation
-    )
+    extra = {GIVEN_RELATIONS_KEY: json.dumps(wire)}
+    return Example.create(row.prompt, row.answer, meta.model_copy(update={"extra": extra}))
+
+
+def _gold(examples: list[Example]) -> list[AnnotatedExample]:
+    """Align the true relations with the GoldAnnotator; the generator wrote the text itself, so
+    a quarantined row is a bug here, not bad input."""
+    results = GoldAnnotator().annotate(examples)
+    bad = [r for r in results if not isinstance(r, AnnotatedExample)]
+    if bad:
+        raise AssertionError(f"gold relations do not align: {bad[0].error}")
+    return results  # type: ignore[return-value]
 
 
 def generate_stg(
@@ -211,22 +212,15 @@ def generate_stg(
         raise ConfigError("--n-train and --n-test must be zero or more")
     make_row = ROW_MAKERS[variant]
     source = f"stg:{variant}:seed={seed}"
-    annotation = Annotation(
-        annotator=GOLD_ANNOTATOR,
-        annotator_version=GENERATOR_VERSION,
-        config_hash=stable_hash({"generator": source, "version": GENERATOR_VERSION}),
-    )
     splits: dict[str, list[AnnotatedExample]] = {}
     for split in SPLITS:
         rng = random.Random(f"{source}:{split}")
         ood = split == "ood_test"
         count = n_train if split == "train" else n_test
         meta = Meta(source=source, split=split, ood=ood)
-        rows = []
-        for _ in range(count):
-            row = make_row(rng, ood)
-            rows.append(_annotated(row, meta.model_copy(update={"label": row.answer}), annotation))
-        splits[split] = rows
+        rows = [make_row(rng, ood) for _ in range(count)]
+        examples = [_example(row, meta.model_copy(update={"label": row.answer})) for row in rows]
+        splits[split] = _gold(examples)
     return splits
 
 
