@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -140,6 +140,10 @@ class MultipleChoiceRules(_Strict):
 
 
 Rules = Annotated[MathRules | KeyValueRules | MultipleChoiceRules, Field(discriminator="kind")]
+RULE_KINDS = tuple(
+    get_args(model.model_fields["kind"].annotation)[0]
+    for model in (MathRules, KeyValueRules, MultipleChoiceRules)
+)
 
 
 class Demonstration(BaseModel):
@@ -192,8 +196,10 @@ def _resolve(name_or_path: str | Path) -> Path:
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a field path (the rules' kind tag left out)."""
+    parts = [p for k, p in enumerate(loc) if not (k == 1 and loc[0] == "rules" and p in RULE_KINDS)]
     out = ""
-    for part in loc:
+    for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,9 @@ _CURRENCY = frozenset({"$", "€", "£"})
 Anchor = tuple[int, int]
 
 
-@dataclass
-class _Proposal:
-    """Phrase relations with the spans each phrase was matched at."""
-
-    relations: list[tuple[Anchor, list[Anchor]]] = field(default_factory=list)
-    detail: str = ""
+Proposal = list[tuple[Anchor, list[Anchor]]]
+"""What a rule found: (effect anchor, cause anchors) pairs, each anchor the span a phrase was
+matched at."""
 
 
 class _NotFound(Exception):
@@ -142,16 +138,16 @@ def _question(rules: MathRules, tokens: list[Any]) -> tuple[Anchor, Anchor | Non
     return phrase, tail
 
 
-def _math(rules: MathRules, doc: Any, example: Example) -> _Proposal:
+def _math(rules: MathRules, doc: Any, example: Example) -> Proposal:
     answer = _final_answer(rules, example)
     tokens = list(doc)
-    proposal = _Proposal(detail="math")
+    proposal: Proposal = []
     causes: list[Anchor] = []
     for first, quantity in _quantities(rules, tokens):
         causes.append(quantity)
         context = _clause_opening(rules, tokens, first) if rules.context_words else None
         if context is not None:
-            proposal.relations.append((quantity, [context]))
+            proposal.append((quantity, [context]))
     if rules.include_entities:
         causes.extend(
             (t.idx, t.idx + len(t.text))
@@ -168,13 +164,13 @@ def _math(rules: MathRules, doc: Any, example: Example) -> _Proposal:
         if marker_at != -1:
             marker = (marker_at, marker_at + len(rules.answer_marker))
             if asked:
-                proposal.relations.append((marker, asked))
+                proposal.append((marker, asked))
             causes.append(marker)
-    proposal.relations.append((answer, causes))
+    proposal.append((answer, causes))
     return proposal
 
 
-def _key_value(rules: KeyValueRules, doc: Any, example: Example) -> _Proposal:
+def _key_value(rules: KeyValueRules, doc: Any, example: Example) -> Proposal:
     text, prompt_end = example.text, len(example.prompt)
     effect_span = _strip_span(text, prompt_end, len(text))
     if effect_span is None:
@@ -198,12 +194,12 @@ def _key_value(rules: KeyValueRules, doc: Any, example: Example) -> _Proposal:
             )
             if marker_at >= 0 and not between.strip():
                 effect = (marker_at, effect_span[1])
-        return _Proposal(relations=[(effect, found)], detail=profile.name)
+        return [(effect, found)]
     names = ", ".join(p.name for p in rules.profiles)
     raise _NotFound(f"no profile's causal keys occur as 'Name{rules.separator} value' ({names})")
 
 
-def _multiple_choice(rules: MultipleChoiceRules, doc: Any, example: Example) -> _Proposal:
+def _multiple_choice(rules: MultipleChoiceRules, doc: Any, example: Example) -> Proposal:
     options = list(rules.compiled(rules.option_pattern).finditer(example.prompt))
     if len(options) < 2:
         raise _NotFound("fewer than two lettered options in the prompt")
@@ -227,7 +223,7 @@ def _multiple_choice(rules: MultipleChoiceRules, doc: Any, example: Example) -> 
     if stem is not None:
         causes.append(stem)
     effect = (prompt_end + answer.start("letter"), prompt_end + answer.end("letter"))
-    return _Proposal(relations=[(effect, causes)], detail="multiple-choice")
+    return [(effect, causes)]
 
 
 _RULES = {
@@ -237,10 +233,10 @@ _RULES = {
 }
 
 
-def _anchored(text: str, proposal: _Proposal) -> list[Relation]:
+def _anchored(text: str, proposal: Proposal) -> list[Relation]:
     """Align the proposal's phrases and keep the spans at the anchors; merge shared effects."""
     merged: dict[Anchor, set[Anchor]] = {}
-    for effect, causes in proposal.relations:
+    for effect, causes in proposal:
         phrase = PhraseRelation(
             effect=text[effect[0] : effect[1]], causes=[text[s:e] for s, e in causes]
         )

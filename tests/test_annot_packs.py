@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from cattune.annotators.pack import (
+    RULE_KINDS,
     KeyValueRules,
     MathRules,
     MultipleChoiceRules,
-    PriorPack,
     load_pack,
     shipped_packs,
 )
@@ -19,7 +19,7 @@ from cattune.annotators.prior import PriorAnnotator
 from cattune.flows.cli import main
 from cattune.schemas import AnnotatedExample, ConfigError, Example, align
 
-RULE_TYPES = {
+RULE_TYPES: dict[str, type] = {
     "math-word-problems": MathRules,
     "key-value-records": KeyValueRules,
     "multiple-choice": MultipleChoiceRules,
@@ -27,7 +27,7 @@ RULE_TYPES = {
 
 
 def test_shipped_packs_load_with_typed_rules_and_aligning_demos() -> None:
-    assert set(shipped_packs()) == set(RULE_TYPES)
+    assert set(shipped_packs()) == set(RULE_TYPES) == set(RULE_KINDS)
     hashes = set()
     for name in shipped_packs():
         pack = load_pack(name)
@@ -62,7 +62,7 @@ def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
         (lambda d: d.pop("instructions"), "field instructions"),
         (lambda d: d.update(demonstrations=d["demonstrations"][:1]), "field demonstrations"),
         (lambda d: d["rules"].update(kind="tables"), "field rules"),
-        (lambda d: d["rules"].update(answer_patterns=["(unclosed"]), "rules.math-word-problems"),
+        (lambda d: d["rules"].update(answer_patterns=["(unclosed"]), "field rules.answer_patterns"),
         (lambda d: d.update(name="Bad Name"), "field name"),
     ],
 )
@@ -103,7 +103,7 @@ def test_user_pack_with_own_causal_keys(tmp_path: Path) -> None:
     data["rules"]["profiles"] = [
         {"name": "houses", "causal_keys": ["Area", "Rooms"], "cause": "item"}
     ]
-    pack = PriorPack.model_validate(load_pack(_write(tmp_path, data)).model_dump())
+    pack = load_pack(_write(tmp_path, data))
     example = Example.create("Area: 120, Colour: 3, Rooms: 4. Price? Answer: ", "high")
     (row,) = PriorAnnotator(tmp_path / "pack.yaml").annotate([example])
     assert isinstance(row, AnnotatedExample)
