@@ -92,6 +92,7 @@ def read_relations(reply: str) -> list[PhraseRelation]:
             if relations:
                 return relations
             empty = relations
+            break  # a reading that parses settles this value, even when it is empty
     if empty is not None:
         return empty
     if not saw_json:

@@ -1,0 +1,252 @@
+"""``cattune annotate SOURCE --out OUT.parquet``: label every row of a source file (file mode).
+
+Every source row ends in exactly one of two Parquet files: OUT (AnnotatedExample rows) or
+``<stem>.quarantine.parquet`` next to it (QuarantinedExample rows: annotator failures with their
+reason, and malformed source rows with the source's error and the raw row as prompt). Rows are
+streamed in batches; both files are written to temporary names and moved into place only when
+the whole source is done, so a failed run leaves no half-written output (LLM replies it got are
+kept in the reply cache and not paid for again).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cattune.schemas import ConfigError
+
+if TYPE_CHECKING:
+    from cattune.annotators.base import Annotator
+    from cattune.pipeline.sources import SourceRow
+    from cattune.schemas import AnnotatedExample, QuarantinedExample
+
+KINDS = ("prior", "llm", "vllm", "gold", "given")
+LLM_FLAGS = (
+    "base_url",
+    "api_key_env",
+    "concurrency",
+    "timeout",
+    "max_retries",
+    "cache",
+    "no_cache",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "annotate",
+        help="label a source file's rows with causal relations",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", help="JSONL / CSV / Parquet / HF dataset dir / CAT JSONL")
+    parser.add_argument(
+        "--annotator", choices=KINDS, default="prior", help="who labels the rows (default: prior)"
+    )
+    parser.add_argument("--pack", help="prior pack name or file (prior, llm, vllm)")
+    # File mode writes --out; the dataset mode (`--dataset NAME`, a Prefect flow into the
+    # versioned store) is meant to sit next to it as the other choice of one required group.
+    parser.add_argument("--out", required=True, help="annotated rows (.parquet)")
+    parser.add_argument("--format", default="auto", help="source format (default: auto)")
+    parser.add_argument("--prompt-field", help="source column holding the prompt")
+    parser.add_argument("--completion-field", help="source column holding the completion")
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="rows per annotation batch (default: 256)"
+    )
+    llm = parser.add_argument_group("LLM annotators (--annotator llm / vllm)")
+    llm.add_argument("--model", help="model name (llm: as the server knows it; vllm: HF id/path)")
+    llm.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    llm.add_argument(
+        "--api-key-env",
+        help="environment variable holding the API key (default: OPENAI_API_KEY)",
+    )
+    llm.add_argument("--concurrency", type=int, help="requests in flight (default: 16)")
+    llm.add_argument("--timeout", type=float, help="seconds per request (default: 60)")
+    llm.add_argument("--max-retries", type=int, help="retries of a failed request (default: 4)")
+    llm.add_argument("--cache", help="reply cache file (default: $CATTUNE_HOME/cache/llm.sqlite)")
+    llm.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    parser.set_defaults(handler=run)
+
+
+def quarantine_path(out: Path) -> Path:
+    """``data.parquet`` -> ``data.quarantine.parquet`` in the same folder."""
+    return out.with_name(f"{out.stem}.quarantine{out.suffix or '.parquet'}")
+
+
+def annotator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor options for the chosen annotator; flags it does not use are an error."""
+    given = {flag: getattr(args, flag) for flag in (*LLM_FLAGS, "model")}
+    given = {flag: value for flag, value in given.items() if value not in (None, False)}
+    allowed: tuple[str, ...] = ()
+    if args.annotator == "llm":
+        allowed = (*LLM_FLAGS, "model")
+    elif args.annotator == "vllm":
+        allowed = ("model",)
+    stray = [flag for flag in given if flag not in allowed]
+    if stray:
+        flags = ", ".join("--" + flag.replace("_", "-") for flag in stray)
+        raise ConfigError(f"{flags} do(es) not apply to --annotator {args.annotator}")
+    if args.annotator in ("llm", "vllm") and not args.model:
+        raise ConfigError(f"--annotator {args.annotator} needs --model")
+    if args.cache and args.no_cache:
+        raise ConfigError("use either --cache PATH or --no-cache, not both")
+    options = {k: v for k, v in given.items() if k != "no_cache"}
+    if args.no_cache:
+        options["cache"] = False
+    return options
+
+
+@dataclass
+class Counts:
+    annotated: int = 0
+    quarantined: int = 0
+    malformed: int = 0
+    retryable: int = 0
+    requests: int = 0
+    cached: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+def source_error_row(row: SourceRow, annotator: Annotator, source: str) -> QuarantinedExample:
+    """A malformed source row, kept with the source's error and its raw text as prompt."""
+    from cattune.schemas import Annotation, Meta, QuarantinedExample, example_id
+
+    return QuarantinedExample(
+        id=example_id(row.raw, ""),
+        prompt=row.raw,
+        completion="",
+        meta=Meta(source=source, extra={"line": str(row.line)}),
+        annotation=Annotation(
+            annotator=annotator.name,
+            annotator_version=annotator.version,
+            config_hash=annotator.config_hash(),
+            attempts=0,
+        ),
+        error=f"malformed source row: {row.error} (row {row.line})",
+        retryable=False,
+    )
+
+
+@dataclass
+class Batch:
+    """One batch's output; ``malformed`` of the quarantined rows are malformed source rows."""
+
+    annotated: list[AnnotatedExample]
+    quarantined: list[QuarantinedExample]
+    malformed: int
+
+
+def annotate_rows(
+    rows: Iterable[SourceRow], annotator: Annotator, *, source: str, batch_size: int
+) -> Iterator[Batch]:
+    """Annotate source rows batch by batch; each input row lands in exactly one output list."""
+    from cattune.schemas import AnnotatedExample, QuarantinedExample
+
+    batch: list[SourceRow] = []
+
+    def flush() -> Batch:
+        done = Batch([], [], 0)
+        examples = [row.example for row in batch if row.example is not None]
+        results = iter(annotator.annotate(examples) if examples else [])
+        for row in batch:
+            if row.example is None:
+                done.quarantined.append(source_error_row(row, annotator, source))
+                done.malformed += 1
+                continue
+            result = next(results, None)
+            if result is None or result.id != row.example.id:
+                raise RuntimeError(f"annotator {annotator.name!r} broke one-result-per-row")
+            if isinstance(result, AnnotatedExample):
+                done.annotated.append(result)
+            elif isinstance(result, QuarantinedExample):
+                done.quarantined.append(result)
+            else:
+                raise RuntimeError(f"annotator {annotator.name!r} returned {type(result).__name__}")
+        if next(results, None) is not None:
+            raise RuntimeError(f"annotator {annotator.name!r} returned more results than rows")
+        batch.clear()
+        return done
+
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= batch_size:
+            yield flush()
+    if batch:
+        yield flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from cattune.annotators.registry import get_annotator
+    from cattune.pipeline.sources import read_source
+    from cattune.schemas import AnnotatedExample, QuarantinedExample, arrow_schema, to_table
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = Path(args.out)
+    if out.suffix != ".parquet":
+        raise ConfigError(f"--out must name a .parquet file, got {out}")
+    quarantine = quarantine_path(out)
+    annotator = get_annotator(args.annotator, pack=args.pack, **annotator_options(args))
+    source = Path(args.source)
+    rows = read_source(
+        source,
+        format=args.format,
+        prompt_field=args.prompt_field,
+        completion_field=args.completion_field,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = [
+        out.with_name(f".{out.name}.partial"),
+        quarantine.with_name(f".{quarantine.name}.partial"),
+    ]
+    counts = Counts()
+    try:
+        with (
+            pq.ParquetWriter(partial[0], arrow_schema(AnnotatedExample)) as good_writer,
+            pq.ParquetWriter(partial[1], arrow_schema(QuarantinedExample)) as bad_writer,
+        ):
+            for batch in annotate_rows(
+                rows, annotator, source=source.name, batch_size=args.batch_size
+            ):
+                good_writer.write_table(to_table(batch.annotated, AnnotatedExample))
+                bad_writer.write_table(to_table(batch.quarantined, QuarantinedExample))
+                _count(counts, batch, annotator)
+        partial[0].replace(out)
+        partial[1].replace(quarantine)
+    finally:
+        for path in partial:
+            path.unlink(missing_ok=True)
+    _report(counts, out, quarantine, args.annotator)
+    return 0
+
+
+def _count(counts: Counts, batch: Batch, annotator: Any) -> None:
+    counts.annotated += len(batch.annotated)
+    counts.quarantined += len(batch.quarantined)
+    counts.malformed += batch.malformed
+    counts.retryable += sum(row.retryable for row in batch.quarantined)
+    counts.reasons.update(row.error.split(":")[0][:80] for row in batch.quarantined)
+    stats = getattr(annotator, "last_run", None)  # the LLM annotator's request statistics
+    if stats is not None:
+        counts.requests += stats.requests
+        counts.cached += stats.cached
+
+
+def _report(counts: Counts, out: Path, quarantine: Path, kind: str) -> None:
+    total = counts.annotated + counts.quarantined
+    print(f"rows        {total}")
+    print(f"annotated   {counts.annotated} -> {out}")
+    print(
+        f"quarantined {counts.quarantined} -> {quarantine} "
+        f"({counts.malformed} malformed source rows, {counts.retryable} retryable)"
+    )
+    if kind == "llm":
+        print(f"requests    {counts.requests} ({counts.cached} rows from cache)")
+    for reason, n in counts.reasons.most_common(3):
+        print(f"  {n} x {reason}")
