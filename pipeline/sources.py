@@ -207,7 +207,7 @@ def _jsonl_records(path: Path) -> Iterator[_Record]:
                 continue
             raw = text.rstrip("\r\n")
             try:
-                record = json.loads(text)
+                record = json.loads(raw)
             except json.JSONDecodeError as error:
                 yield (
                     number,
@@ -295,20 +295,26 @@ def _parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, str | None]]:
                 f"not a readable Parquet file ({error}); check the file or pass the right format",
                 path=str(file),
             ) from error
-        for batch in parquet.iter_batches(batch_size=1024):
-            yield batch, None
+        try:
+            for batch in parquet.iter_batches(batch_size=1024):
+                yield batch, None
+        except (pa.ArrowException, OSError) as error:
+            raise InputError(f"Parquet file is damaged ({error})", path=str(file)) from error
 
 
 def _hf_records(path: Path) -> Iterator[_Record]:
-    if path.is_dir() and (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-        offset = 0
-        for split in splits:
-            for line, record, raw, _ in _table_records(path / split, _arrow_batches(path / split)):
-                yield line + offset, record, raw, split
-            offset += _arrow_row_count(path / split)
-        return
-    yield from _table_records(path, _arrow_batches(path))
+    dict_file = path / "dataset_dict.json"
+    if path.is_dir() and dict_file.is_file():
+        try:
+            splits = [str(split) for split in json.loads(dict_file.read_text())["splits"]]
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(
+                f"not a Hugging Face DatasetDict description ({error})", path=str(dict_file)
+            ) from error
+        batches = (item for split in splits for item in _arrow_batches(path / split, split))
+        yield from _table_records(path, batches)
+    else:
+        yield from _table_records(path, _arrow_batches(path, None))
 
 
 def _arrow_files(path: Path) -> list[Path]:
@@ -342,19 +348,18 @@ def _open_arrow(file: Path) -> pa.ipc.RecordBatchStreamReader | pa.ipc.RecordBat
             ) from error
 
 
-def _arrow_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, str | None]]:
+def _arrow_batches(path: Path, split: str | None) -> Iterator[tuple[pa.RecordBatch, str | None]]:
     for file in _arrow_files(path):
         reader = _open_arrow(file)
-        if isinstance(reader, pa.ipc.RecordBatchFileReader):
-            for index in range(reader.num_record_batches):
-                yield reader.get_batch(index), None
-        else:
-            for batch in reader:
-                yield batch, None
-
-
-def _arrow_row_count(path: Path) -> int:
-    return sum(batch.num_rows for batch, _ in _arrow_batches(path))
+        try:
+            if isinstance(reader, pa.ipc.RecordBatchFileReader):
+                for index in range(reader.num_record_batches):
+                    yield reader.get_batch(index), split
+            else:
+                for batch in reader:
+                    yield batch, split
+        except pa.ArrowException as error:
+            raise InputError(f"Arrow file is damaged ({error})", path=str(file)) from error
 
 
 def _table_records(
@@ -426,14 +431,23 @@ def _text_field(record: dict[str, Any], name: str, *, numbers: bool = False) -> 
     raise _RowError(f"field {name!r} must be text, got {type(value).__name__}")
 
 
-def _wire_relations(value: Any) -> str:
-    """The CAT ``important`` field as wire-format JSON; an empty list stays ``[]``."""
+def _is_wire(value: Any) -> bool:
+    """Phrase relations ({"effect": "<phrase>", ...}) rather than contract spans."""
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, list) and any(
+        isinstance(item, dict) and not isinstance(item.get("effect"), dict) for item in value
+    )
+
+
+def _wire_relations(value: Any, name: str = CAT_RELATIONS_FIELD) -> str:
+    """Phrase relations in any accepted form as wire-format JSON; an empty list stays ``[]``."""
     if value is None:
         value = []
     try:
         relations = parse_phrase_relations(value)
     except (ValueError, ValidationError) as error:
-        raise _RowError(f"field {CAT_RELATIONS_FIELD!r}: {error}") from error
+        raise _RowError(f"field {name!r}: {error}") from error
     wire = [{"effect": r.effect, "causes": list(r.causes)} for r in relations]
     return json.dumps({"relations": wire}, ensure_ascii=False)
 
@@ -499,7 +513,10 @@ def _contract_example(record: dict[str, Any], source: str, split: str | None) ->
     if split is not None and meta.split is None:
         updates["split"] = split
     raw_relations = record.get("relations")
-    if raw_relations is not None:
+    if _is_wire(raw_relations):
+        extra = {**meta.extra, GIVEN_RELATIONS_KEY: _wire_relations(raw_relations, "relations")}
+        updates["extra"] = extra
+    elif raw_relations is not None:
         try:
             relations = [Relation.model_validate(r) for r in raw_relations]
         except (ValidationError, TypeError) as error:

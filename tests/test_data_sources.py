@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
@@ -174,12 +175,17 @@ def test_csv_header_without_known_columns(tmp_path: Path) -> None:
 
 def test_large_jsonl_streams(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
-    with path.open("w") as handle:
-        for i in range(100_000):
-            handle.write(json.dumps({"prompt": f"p{i}", "completion": "c"}) + "\n")
-    rows = read_source(path)
-    assert next(rows).example.prompt == "p0"
-    assert sum(1 for _ in rows) == 99_999
+    row = json.dumps({"prompt": "p" * 100, "completion": "c"}) + "\n"
+    path.write_text(row * 100_000)  # ~12 MB
+    tracemalloc.start()
+    try:
+        rows = read_source(path)
+        first = [next(rows) for _ in range(10)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r.line for r in first] == list(range(1, 11))
+    assert peak < 1_000_000  # the file is not read into memory at once
 
 
 def _annotated(prompt: str, completion: str) -> AnnotatedExample:
@@ -216,6 +222,28 @@ def test_contract_parquet_file_and_directory(tmp_path: Path) -> None:
         assert wire == {"relations": [{"effect": "High", "causes": ["S: 8"]}]}
     single = list(read_source(data / "part-1.parquet", format="contract"))
     assert single[0].example == rows[1].example
+
+
+def test_contract_jsonl_with_span_or_phrase_relations(tmp_path: Path) -> None:
+    record = _annotated("S: 8 Answer: ", "High")
+    spans = json.loads(record.model_dump_json())
+    phrases = {
+        "prompt": "S: 8 Answer: ",
+        "completion": "High",
+        "relations": [{"effect": "High", "causes": ["S: 8"]}],
+    }
+    cat_form = {**phrases, "relations": [{"High": ["S: 8"]}]}
+    bad = {**spans, "relations": [{"effect": {"start": 0, "end": 99}, "causes": []}]}
+    path = _write_jsonl(tmp_path / "c.jsonl", [spans, phrases, cat_form, bad])
+    rows = list(read_source(path))
+    wanted = {"relations": [{"effect": "High", "causes": ["S: 8"]}]}
+    for row in rows[:3]:
+        assert row.example.id == record.id
+        assert json.loads(row.example.meta.extra[GIVEN_RELATIONS_KEY]) == wanted
+    assert rows[0].example.meta == record.meta.model_copy(
+        update={"extra": {GIVEN_RELATIONS_KEY: json.dumps(wanted)}}
+    )
+    assert rows[3].example is None and "field 'relations'" in rows[3].error
 
 
 def test_parquet_plain_columns_and_bad_rows(tmp_path: Path) -> None:
