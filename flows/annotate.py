@@ -1,0 +1,335 @@
+"""The annotate flow: source file -> annotated rows -> one new version of a dataset.
+
+Steps: read and normalise the source (malformed rows are quarantined with their reason), drop rows
+already annotated under the annotator's ``config_hash`` (incremental runs), annotate the rest in
+shards as Prefect tasks (``.map`` over shards, retried on errors that are not the user's), then
+commit everything as one store write and publish a Markdown artifact.
+
+Nothing is written to the store until every shard is done, so a run killed half-way leaves the
+dataset at its last version; re-running resumes (already-annotated rows are skipped, and the LLM
+annotator's on-disk cache answers the requests that had been answered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
+
+from cattune.annotators.base import AnnotationResult, Annotator, stable_hash
+from cattune.annotators.registry import get_annotator
+from cattune.pipeline.names import validate_name
+from cattune.pipeline.sources import read_source
+from cattune.pipeline.store import DatasetStore, Lineage
+from cattune.pipeline.store_view import markdown
+from cattune.schemas import (
+    AnnotatedExample,
+    Annotation,
+    CattuneError,
+    ConfigError,
+    EndpointError,
+    Example,
+    Meta,
+    QuarantinedExample,
+    file_sha256,
+)
+
+LLM_TAG = "cattune-llm"
+SOURCE_ANNOTATOR = "source"
+HIGHLIGHTS = 3
+
+
+class AnnotateSummary(BaseModel):
+    """What an annotate run did; also the body of its Markdown artifact."""
+
+    dataset: str
+    version: int | None
+    committed: bool
+    source: str
+    source_sha256: str
+    annotator: str
+    config_hash: str
+    flow_run_id: str | None = None
+    rows_read: int = 0
+    rows_malformed: int = 0
+    rows_skipped: int = 0
+    rows_annotated: int = 0
+    rows_quarantined: int = 0
+    shards: int = 0
+    quarantine_reasons: dict[str, int] = {}
+
+
+def source_sha256(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's files (relative paths and contents, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(file_sha256(item).encode())
+    return digest.hexdigest()
+
+
+_local = threading.local()
+
+
+def annotator_for(kind: str, pack: str | None, options: dict[str, Any]) -> Annotator:
+    """One annotator per thread and configuration (workers build their own, nothing is pickled)."""
+    cache = getattr(_local, "annotators", None)
+    if cache is None:
+        cache = _local.annotators = {}
+    key = stable_hash([kind, pack, options])
+    if key not in cache:
+        cache[key] = get_annotator(kind, pack=pack, **options)
+    return cache[key]
+
+
+def _malformed(source: str, line: int, error: str, raw: str) -> QuarantinedExample:
+    example = Example.create(raw, "", Meta(source=source))
+    return QuarantinedExample(
+        **example.model_dump(),
+        annotation=Annotation(annotator=SOURCE_ANNOTATOR, annotator_version="1"),
+        error=f"{source}:{line}: {error}",
+        raw_output=raw,
+    )
+
+
+@task(name="load-source", cache_policy=NO_CACHE)
+def load_source(
+    source: str,
+    format: str = "auto",
+    prompt_field: str | None = None,
+    completion_field: str | None = None,
+) -> tuple[list[Example], list[QuarantinedExample], int]:
+    """Examples (deduplicated by id), malformed rows as quarantine, and the number of rows read."""
+    examples: dict[str, Example] = {}
+    malformed: list[QuarantinedExample] = []
+    read = 0
+    for row in read_source(
+        source, format=format, prompt_field=prompt_field, completion_field=completion_field
+    ):
+        read += 1
+        if row.example is None:
+            malformed.append(_malformed(Path(source).name, row.line, row.error or "", row.raw))
+        else:
+            examples.setdefault(row.example.id, row.example)
+    return list(examples.values()), malformed, read
+
+
+def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, CattuneError) or isinstance(error, EndpointError)
+
+
+@task(
+    name="annotate-shard",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
+def annotate_shard(
+    shard: list[Example], index: int, count: int, kind: str, pack: str | None, options: dict
+) -> list[AnnotationResult]:
+    results = annotator_for(kind, pack, options).annotate(shard)
+    if len(results) != len(shard):
+        raise RuntimeError(f"annotator returned {len(results)} results for {len(shard)} rows")
+    failed = sum(isinstance(r, QuarantinedExample) for r in results)
+    get_run_logger().info(
+        "shard %d/%d done: %d rows annotated, %d quarantined",
+        index + 1,
+        count,
+        len(results) - failed,
+        failed,
+    )
+    return results
+
+
+@task(name="commit-version", cache_policy=NO_CACHE)
+def commit_version(
+    store_root: str | None,
+    dataset: str,
+    rows: list[AnnotatedExample],
+    quarantined: list[QuarantinedExample],
+    lineage: Lineage,
+) -> tuple[int, bool]:
+    result = DatasetStore(store_root).write(dataset, rows, quarantined, lineage)
+    return result.version, result.committed
+
+
+def _shards(examples: Sequence[Example], size: int) -> list[list[Example]]:
+    return [list(examples[i : i + size]) for i in range(0, len(examples), size)]
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
+@flow(name="cattune-annotate", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def annotate_flow(
+    source: str,
+    dataset: str,
+    annotator: str = "prior",
+    pack: str | None = None,
+    options: dict[str, Any] | None = None,
+    format: str = "auto",
+    prompt_field: str | None = None,
+    completion_field: str | None = None,
+    store: str | None = None,
+    shard_size: int = 256,
+) -> AnnotateSummary:
+    """Annotate ``source`` with ``annotator`` and commit the result as a new version of ``dataset``.
+
+    ``options`` go to the annotator's constructor (e.g. ``{"model": ..., "base_url": ...}`` for
+    ``llm``). LLM shards carry the ``cattune-llm`` tag: a Prefect tag concurrency limit
+    (``prefect concurrency-limit create cattune-llm 2``) caps them across all running flows.
+    """
+    logger = get_run_logger()
+    validate_name(dataset)
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be at least 1, got {shard_size}")
+    options = dict(options or {})
+    labeller = annotator_for(annotator, pack, options)
+    config_hash = labeller.config_hash()
+    examples, malformed, read = load_source(source, format, prompt_field, completion_field)
+    done = DatasetStore(store).annotated_ids(dataset, config_hash, include_final_quarantine=True)
+    pending = [e for e in examples if e.id not in done]
+    logger.info(
+        "%s: %d rows read, %d malformed, %d already annotated with config %s, %d to annotate",
+        source,
+        read,
+        len(malformed),
+        len(examples) - len(pending),
+        config_hash,
+        len(pending),
+    )
+    shards = _shards(pending, shard_size)
+    shard_task = annotate_shard.with_options(tags=[LLM_TAG] if annotator in ("llm", "vllm") else [])
+    futures = shard_task.map(
+        shards,
+        list(range(len(shards))),
+        unmapped(len(shards)),
+        unmapped(annotator),
+        unmapped(pack),
+        unmapped(options),
+    )
+    results = [result for shard in futures.result() for result in shard]
+    rows = [r for r in results if isinstance(r, AnnotatedExample)]
+    quarantined = [*malformed, *(r for r in results if isinstance(r, QuarantinedExample))]
+    lineage = Lineage(
+        flow_run_id=_flow_run_id(),
+        annotator=labeller.name,
+        annotator_version=labeller.version,
+        model=getattr(labeller, "model", None),
+        pack=_pack_name(labeller, pack),
+        pack_hash=_pack_hash(labeller),
+        config_hash=config_hash,
+        source=str(Path(source).resolve()),
+        source_sha256=source_sha256(source),
+        rows_skipped=len(examples) - len(pending),
+    )
+    version: int | None = None
+    committed = False
+    if rows or quarantined:
+        version, committed = commit_version(store, dataset, rows, quarantined, lineage)
+    elif DatasetStore(store).exists(dataset):
+        version = DatasetStore(store).version(dataset)
+    summary = AnnotateSummary(
+        dataset=dataset,
+        version=version,
+        committed=committed,
+        source=lineage.source or source,
+        source_sha256=lineage.source_sha256 or "",
+        annotator=labeller.name,
+        config_hash=config_hash,
+        flow_run_id=lineage.flow_run_id,
+        rows_read=read,
+        rows_malformed=len(malformed),
+        rows_skipped=lineage.rows_skipped,
+        rows_annotated=len(rows),
+        rows_quarantined=len(quarantined),
+        shards=len(shards),
+        quarantine_reasons=dict(Counter(q.error for q in quarantined).most_common(10)),
+    )
+    create_markdown_artifact(
+        markdown=summary_markdown(summary, rows),
+        key=_artifact_key(dataset),
+        description=f"annotate {dataset}: version {version}",
+    )
+    logger.info(
+        "dataset %s version %s: %d annotated, %d quarantined, %d skipped",
+        dataset,
+        version,
+        len(rows),
+        len(quarantined),
+        summary.rows_skipped,
+    )
+    return summary
+
+
+def _pack_name(labeller: Annotator, pack: str | None) -> str | None:
+    packs = getattr(labeller, "packs", None)
+    if packs:
+        return ",".join(p.name for p in packs)
+    single = getattr(labeller, "pack", None)
+    return getattr(single, "name", None) or pack
+
+
+def _pack_hash(labeller: Annotator) -> str | None:
+    packs = getattr(labeller, "packs", None) or [getattr(labeller, "pack", None)]
+    hashes = [p.content_hash for p in packs if p is not None and hasattr(p, "content_hash")]
+    return ",".join(hashes) or None
+
+
+def _artifact_key(dataset: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "-" for c in dataset.lower()).strip("-")
+    return f"annotate-{cleaned or 'dataset'}"
+
+
+def summary_markdown(summary: AnnotateSummary, rows: Sequence[AnnotatedExample]) -> str:
+    """The run's artifact: counts, top quarantine reasons, a few rows with causes marked."""
+    lines = [
+        f"# Annotation of `{summary.dataset}`: version {summary.version}",
+        "",
+        f"Source `{summary.source}` (sha256 `{summary.source_sha256[:16]}`), annotator "
+        f"`{summary.annotator}` (config `{summary.config_hash}`).",
+        "",
+        "| rows read | malformed | skipped (already annotated) | annotated | quarantined |",
+        "|---|---|---|---|---|",
+        f"| {summary.rows_read} | {summary.rows_malformed} | {summary.rows_skipped} "
+        f"| {summary.rows_annotated} | {summary.rows_quarantined} |",
+        "",
+    ]
+    if summary.quarantine_reasons:
+        lines += ["## Quarantine reasons", "", "| rows | reason |", "|---|---|"]
+        for reason, count in summary.quarantine_reasons.items():
+            lines.append(f"| {count} | {reason.replace('|', '/')[:300]} |")
+        lines.append("")
+    labelled = [r for r in rows if r.relations][:HIGHLIGHTS]
+    if labelled:
+        lines += ["## Examples (causes **bold**, effects _italic_)", ""]
+        lines += [f"- {markdown(row)}" for row in labelled]
+    return "\n".join(lines) + "\n"
+
+
+def configured_flow(*, dask_address: str | None = None, concurrency: int = 4) -> Any:
+    """``annotate_flow`` on a Dask cluster (``tcp://host:8786``) or on ``concurrency`` threads."""
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return annotate_flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+    return annotate_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=concurrency))

@@ -1,0 +1,118 @@
+"""Scheduled deployments of the cattune flows, described in a YAML file (flows/deployments.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from prefect import Flow
+from prefect.schedules import Cron, Interval
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cattune.schemas import ConfigError
+
+FlowName = Literal["annotate", "release", "handoff"]
+EXAMPLE_CONFIG = Path(__file__).resolve().parent / "deployments.yaml"
+
+
+class DeploymentSpec(BaseModel):
+    """One scheduled deployment: which flow, when, with which parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    flow: FlowName
+    cron: str | None = None
+    interval: float | None = Field(default=None, gt=0, description="seconds between runs")
+    timezone: str | None = None
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeploymentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deployments: list[DeploymentSpec] = Field(min_length=1)
+
+
+def flow_by_name(name: str) -> Flow:
+    if name == "annotate":
+        from cattune.flows.annotate import annotate_flow
+
+        return annotate_flow
+    if name == "release":
+        from cattune.flows.release import release_flow
+
+        return release_flow
+    from cattune.flows.handoff import handoff_flow
+
+    return handoff_flow
+
+
+def load_config(path: str | Path) -> DeploymentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no deployment file at {path}; see {EXAMPLE_CONFIG} for an example")
+    try:
+        data = yaml.safe_load(path.read_text())
+        return DeploymentConfig.model_validate(data)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    except ValidationError as error:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"{path}: {details}") from None
+
+
+def build_deployments(config: DeploymentConfig) -> list[Any]:
+    """Prefect RunnerDeployments (``flow.to_deployment``), parameters checked against each flow."""
+    names = [spec.name for spec in config.deployments]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"deployment names must be unique; repeated: {', '.join(duplicated)}")
+    built = []
+    for spec in config.deployments:
+        flow = flow_by_name(spec.flow)
+        if spec.cron and spec.interval:
+            raise ConfigError(f"deployment {spec.name!r}: give cron or interval, not both")
+        try:
+            flow.validate_parameters(spec.parameters)
+        except Exception as error:  # prefect raises several types for bad parameters
+            raise ConfigError(f"deployment {spec.name!r}: bad parameters: {error}") from None
+        schedules = []
+        if spec.cron:
+            _check_cron(spec.name, spec.cron)
+            schedules.append(Cron(spec.cron, timezone=spec.timezone))
+        elif spec.interval:
+            schedules.append(Interval(spec.interval, timezone=spec.timezone))
+        try:
+            deployment = flow.to_deployment(
+                name=spec.name,
+                parameters=spec.parameters,
+                description=spec.description,
+                tags=["cattune", *spec.tags],
+                schedules=schedules or None,
+            )
+        except ValueError as error:
+            raise ConfigError(f"deployment {spec.name!r}: {error}") from None
+        built.append(deployment)
+    return built
+
+
+def _check_cron(name: str, cron: str) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except (ValueError, ValidationError) as error:
+        raise ConfigError(f"deployment {name!r}: invalid cron {cron!r}: {error}") from None
+
+
+def serve_deployments(deployments: list[Any], *, limit: int | None = None) -> None:
+    """Serve the deployments until interrupted (blocks; each run starts in a subprocess)."""
+    from prefect import serve
+
+    serve(*deployments, limit=limit)

@@ -1,0 +1,165 @@
+"""The annotate flow under a real Prefect server (the session-wide test harness)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from cattune.flows.annotate import annotate_flow, summary_markdown
+from cattune.pipeline.release import make_release
+from cattune.pipeline.store import DatasetStore
+
+pytestmark = pytest.mark.prefect
+
+
+def cat_rows(start: int, stop: int) -> list[dict]:
+    """CAT-format rows (the authors' `input`/`target`/`important`), one per integer."""
+    rows = []
+    for i in range(start, stop):
+        prompt = f"Person {i}. Smoking: {i % 10}, Weight: {i % 7}, Room size: 3 Answer: "
+        target = "High Risk" if (i % 10) > 4 else "Low Risk"
+        causes = [f"Smoking: {i % 10}", f"Weight: {i % 7}"]
+        rows.append({"input": prompt, "target": target, "important": [{target: causes}]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict], extra_lines: list[str] = ()) -> Path:
+    lines = [json.dumps(row) for row in rows] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cat_file_end_to_end(prefect_harness: None, reference_data: Path, tmp_path: Path) -> None:
+    """CAT-format reference file, given annotator: versions 0 and 1, time travel, release."""
+    store_root = str(tmp_path / "store")
+    full = (reference_data / "STG" / "spurious_token_game_train3_S.jsonl").read_text().splitlines()
+    first = tmp_path / "stg_a.jsonl"
+    first.write_text("\n".join(full[:150]) + "\n{broken json\n")
+
+    summary = annotate_flow(
+        str(first), "stg-cat", annotator="given", format="cat", store=store_root, shard_size=40
+    )
+    assert summary.version == 0 and summary.committed
+    assert summary.rows_read == 151 and summary.rows_malformed == 1
+    assert summary.shards == 4
+    assert summary.rows_annotated + summary.rows_quarantined == 151
+    store = DatasetStore(store_root)
+    assert len(store.read("stg-cat", 0)) == summary.rows_annotated
+    reasons = [q.error for q in store.quarantine("stg-cat")]
+    assert any(r.startswith("stg_a.jsonl:151:") for r in reasons)
+    lineage = store.history("stg-cat")[0].lineage
+    assert lineage is not None
+    assert lineage.annotator == "given" and lineage.flow_run_id == summary.flow_run_id
+    assert lineage.source_sha256 == summary.source_sha256 and lineage.rows_annotated > 100
+
+    second = tmp_path / "stg_b.jsonl"
+    second.write_text("\n".join(full[:200]) + "\n")
+    again = annotate_flow(
+        str(second), "stg-cat", annotator="given", format="cat", store=store_root, shard_size=40
+    )
+    assert again.version == 1
+    assert again.rows_skipped >= summary.rows_annotated
+    assert again.rows_annotated + again.rows_quarantined + again.rows_skipped == 200
+    assert len(store.read("stg-cat", 0)) == summary.rows_annotated
+    assert len(store.read("stg-cat")) == summary.rows_annotated + again.rows_annotated
+
+    release = tmp_path / "release"
+    manifest = make_release(store, "stg-cat", 0, release)
+    import datasets
+
+    loaded = datasets.load_dataset("parquet", data_dir=str(release / "data"))
+    assert sum(len(split) for split in loaded.values()) == summary.rows_annotated
+    assert manifest.lineage[0]["flow_run_id"] == summary.flow_run_id
+
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("annotate-stg-cat")
+    assert artifact is not None and "version 1" in (artifact.data or "")
+
+
+def test_incremental_run_annotates_only_new_rows(prefect_harness: None, tmp_path: Path) -> None:
+    store_root = str(tmp_path / "store")
+    source = write_jsonl(tmp_path / "src.jsonl", cat_rows(0, 2000))
+    first = annotate_flow(
+        str(source), "inc", annotator="given", format="cat", store=store_root, shard_size=500
+    )
+    assert (first.rows_annotated, first.rows_skipped, first.version) == (2000, 0, 0)
+
+    write_jsonl(source, cat_rows(0, 2200))
+    second = annotate_flow(
+        str(source), "inc", annotator="given", format="cat", store=store_root, shard_size=500
+    )
+    assert (second.rows_annotated, second.rows_skipped, second.version) == (200, 2000, 1)
+    assert second.shards == 1
+    assert len(DatasetStore(store_root).read("inc")) == 2200
+
+    third = annotate_flow(str(source), "inc", annotator="given", format="cat", store=store_root)
+    assert (third.rows_annotated, third.committed, third.version) == (0, False, 1)
+
+
+def test_concurrent_flows_on_one_dataset(prefect_harness: None, tmp_path: Path) -> None:
+    store_root = str(tmp_path / "store")
+    sources = [
+        write_jsonl(tmp_path / "a.jsonl", cat_rows(0, 300)),
+        write_jsonl(tmp_path / "b.jsonl", cat_rows(200, 500)),
+    ]
+    outcomes: list[object] = []
+
+    def run(source: Path) -> None:
+        try:
+            outcomes.append(
+                annotate_flow(
+                    str(source),
+                    "shared",
+                    annotator="given",
+                    format="cat",
+                    store=store_root,
+                    shard_size=100,
+                )
+            )
+        except Exception as error:  # noqa: BLE001 - the test inspects what happened
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert all(not isinstance(o, Exception) for o in outcomes), outcomes
+    store = DatasetStore(store_root)
+    rows = store.read("shared")
+    assert len(rows) == len({r.id for r in rows}) == 500
+    assert sorted(o.version for o in outcomes) == [0, 1]
+
+
+def test_summary_markdown_marks_examples() -> None:
+    from cattune.flows.annotate import AnnotateSummary
+    from cattune.schemas import AnnotatedExample, Annotation, Example, Relation, Span
+
+    example = Example.create("Smoking: 9. Answer: ", "High Risk")
+    row = AnnotatedExample(
+        **example.model_dump(),
+        relations=[Relation(effect=Span(start=20, end=29), causes=[Span(start=0, end=10)])],
+        annotation=Annotation(annotator="gold", annotator_version="1"),
+    )
+    summary = AnnotateSummary(
+        dataset="d",
+        version=3,
+        committed=True,
+        source="s.jsonl",
+        source_sha256="0" * 64,
+        annotator="gold",
+        config_hash="abc",
+        rows_read=2,
+        rows_annotated=1,
+        rows_quarantined=1,
+        quarantine_reasons={"phrase 'x' | not found": 1},
+    )
+    text = summary_markdown(summary, [row])
+    assert "version 3" in text
+    assert "| 2 | 0 | 0 | 1 | 1 |" in text
+    assert "phrase 'x' / not found" in text
+    assert "**Smoking: 9**. Answer: _High Risk_" in text
