@@ -466,7 +466,7 @@ def _meta(
     values: dict[str, Any] = {"source": source, "split": split}
     for name in _META_FIELDS:
         value = record.get(name)
-        if value is None:
+        if value is None or value == "":  # an empty CSV cell means "not given"
             continue
         if name == "ood":
             values["ood"] = _as_bool(value)

@@ -152,14 +152,14 @@ def test_csv_multiline_big_field_and_errors(tmp_path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["prompt", "completion", "split"])
         writer.writerow(["two\nlines", "ok", "train"])
-        writer.writerow([big, "done", "test"])
+        writer.writerow([big, "done", ""])
         writer.writerow(["short row"])
     with path.open("ab") as handle:
         handle.write(b"bad \xff,x,train\n")
     rows = list(read_source(path))
     assert [r.line for r in rows] == [2, 4, 5, 6]
     assert rows[0].example.prompt == "two\nlines" and rows[0].example.meta.split == "train"
-    assert rows[1].example.prompt == big
+    assert rows[1].example.prompt == big and rows[1].example.meta.split is None
     assert "expected 3 columns" in rows[2].error
     assert "UTF-8" in rows[3].error
 
