@@ -1,0 +1,167 @@
+"""Cost of one training step: plain fine-tuning vs CAT (memory-efficient) vs CAT (eager, reference).
+
+A Llama-architecture model (4 layers, hidden 256, 8 heads, random init, float32) takes full
+training steps (forward + backward + AdamW step):
+
+- `sdpa`      plain fine-tuning, LM loss only, SDPA attention (the baseline)
+- `efficient` LM loss + Re-Attention loss, causal mass via SDPA with indicator columns
+- `eager`     LM loss + Re-Attention loss, eager attention with output_attentions=True
+
+Each configuration runs in a fresh subprocess. Wall time and process CPU time (all threads; less
+sensitive to other load on a shared machine) are medians over the measured steps, after warm-up
+steps that also create the optimizer state. Memory is the peak RSS growth of a step:
+VmHWM after the step minus VmRSS before it, with the peak reset through /proc/self/clear_refs
+before each step and MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave RSS (Linux only).
+
+    python benchmarks/step_cost.py [--seq-len 256 1024 2048] [--batch 1] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = ("sdpa", "efficient", "eager")
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"{field} not in /proc/self/status")
+    return int(match.group(1))
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+    from _common import random_rects
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cattune.training.attention import causal_mass
+    from cattune.training.loss import reattention_loss
+    from cattune.training.mask import pack_masks
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    seq_len, batch = args.seq_len[0], args.batch
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=seq_len,
+    )
+    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, args.vocab, (batch, seq_len))
+    am = torch.ones(batch, seq_len, dtype=torch.long)
+    mask = pack_masks(random_rects(batch, seq_len, relations=args.relations), seq_len)
+
+    def step() -> None:
+        if args.worker == "sdpa":
+            loss = model(input_ids=ids, attention_mask=am, labels=ids).loss
+        else:
+            outputs, mass = causal_mass(
+                model, ids, am, mask, implementation=args.worker, labels=ids
+            )
+            loss = outputs.loss + reattention_loss(mass, mask, am).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    times, cpu_times, peaks = [], [], []
+    for _ in range(args.steps):
+        before = _status_kb("VmRSS")
+        _reset_peak()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+        peaks.append(_status_kb("VmHWM") - before)
+    result = {
+        "time_s": statistics.median(times),
+        "cpu_s": statistics.median(cpu_times),
+        "peak_mb": statistics.median(peaks) / 1024,
+        "groups": int(mask.group_cols.shape[1]),
+    }
+    print(json.dumps(result))
+
+
+def measure(config: str, seq_len: int, args: argparse.Namespace) -> dict[str, float]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    command = [
+        sys.executable, __file__, "--worker", config, "--seq-len", str(seq_len),
+        "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+        "--vocab", str(args.vocab), "--relations", str(args.relations),
+        "--threads", str(args.threads),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{config} T={seq_len} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ratio(result: dict[str, float], base: dict[str, float] | None, key: str) -> str:
+    return f"{result[key] / base[key]:.2f}x" if base else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-len", type=int, nargs="+", default=[256, 1024, 2048])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5, help="measured steps per configuration")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--relations", type=int, default=8, help="causal relations per example")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    from _common import machine, markdown_table
+
+    rows = []
+    for seq_len in args.seq_len:
+        results = {config: measure(config, seq_len, args) for config in args.configs}
+        base = results.get("sdpa")
+        for config, r in results.items():
+            rows.append(
+                [seq_len, config, f"{r['time_s'] * 1e3:.0f} ms", _ratio(r, base, "time_s"),
+                 f"{r['cpu_s'] * 1e3:.0f} ms", _ratio(r, base, "cpu_s"),
+                 f"{r['peak_mb']:.0f} MB", _ratio(r, base, "peak_mb"), r["groups"]]
+            )  # fmt: skip
+    print(
+        f"One training step (forward + backward + AdamW), Llama 4 layers / hidden 256 / 8 heads, "
+        f"vocab {args.vocab}, batch {args.batch}, {args.relations} relations per example, "
+        f"median of {args.steps} steps after {args.warmup} warm-up; CPU = process CPU time, all "
+        f"threads; memory = peak RSS growth "
+        f"during the step (VmHWM reset via /proc/self/clear_refs)"
+    )
+    print(f"Machine: {machine()}\n")
+    header = ["T", "config", "wall/step", "vs sdpa", "CPU/step", "vs sdpa", "peak mem", "vs sdpa"]
+    header.append("mask groups")
+    print(markdown_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
