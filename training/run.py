@@ -181,6 +181,9 @@ def train(options: TrainOptions) -> dict[str, Any]:
             "learn from; annotate the data (cattune annotate) or use --mode baseline"
         )
     model = load_model(model_dir)
+    n_layers = model.config.num_hidden_layers
+    if options.layers is not None and not all(0 <= i < n_layers for i in options.layers):
+        raise ConfigError(f"--layers {options.layers}: the model has layers 0..{n_layers - 1}")
     if options.lora_r:
         model = _with_lora(model, options.lora_r)
     trainer = CATTrainer(
