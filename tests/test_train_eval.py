@@ -1,0 +1,137 @@
+"""Evaluation: answer normalisation, batched greedy generation, per-split metrics, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cattune.schemas import AnnotatedExample, Example
+from cattune.training.evaluate import (
+    answers_match,
+    causal_ratio,
+    evaluate_rows,
+    generate,
+    normalise_answer,
+    write_results,
+)
+from cattune.training.plots import plot_comparison, plot_training, series
+from cattune.training.release_io import read_parquet
+from cattune.training.tiny import build_tiny_model, load_model, load_tokenizer, toy_rows
+
+ROWS = toy_rows(6, seed=31) + toy_rows(4, seed=32, split="ood", ood=True)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    path = build_tiny_model(
+        [r.prompt + r.completion for r in ROWS], tmp_path_factory.mktemp("tiny"), seed=3
+    )
+    return load_model(path), load_tokenizer(path)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "same"),
+    [
+        ("84", "84.0", True),
+        ("Answer: 84.0", "84", True),
+        ("answer:84", "84", True),
+        (" 84.000\nmore text", "84", True),
+        ("1,200", "1200", True),
+        ("84.5", "84", False),
+        ("high risk", "High Risk", True),
+        ("  High   Risk.", "High Risk", True),
+        ("Low Risk", "High Risk", False),
+        ("", "High Risk", False),
+        ("84 apples", "84", False),
+    ],
+)
+def test_answers_match(prediction: str, reference: str, same: bool) -> None:
+    assert answers_match(prediction, reference) is same
+
+
+@given(st.integers(-(10**6), 10**6), st.integers(0, 4), st.booleans())
+def test_numbers_compare_numerically(value: int, decimals: int, prefix: bool) -> None:
+    formatted = f"{value:.{decimals}f}"
+    assert answers_match(("Answer: " if prefix else "") + formatted, str(value))
+    assert not answers_match(formatted, str(value + 1))
+
+
+@given(st.text(alphabet=st.characters(categories=["L", "Zs"]), min_size=1, max_size=20))
+def test_text_answers_ignore_case_and_spacing(text: str) -> None:
+    assert answers_match(f"  {text.upper()}  ", text) == (
+        normalise_answer(text.upper()) == normalise_answer(text)
+    )
+    assert answers_match(text, text)
+
+
+def test_batched_generation_equals_one_by_one(tiny) -> None:
+    model, tokenizer = tiny
+    prompts = [ROWS[0].prompt, "Predict", ROWS[5].prompt[:40], ROWS[7].prompt]
+    batched = generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=5, progress=False)
+    single = [
+        generate(model, tokenizer, [p], batch_size=1, max_new_tokens=5, progress=False)[0]
+        for p in prompts
+    ]
+    assert batched == single
+    assert all(isinstance(text, str) for text in batched)
+
+
+def test_evaluate_rows_reports_splits_iid_ood_and_ratio(tiny, tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    plain = Example.create("Predict the risk. Smoking: 1 Answer: ", "Low Risk")  # no split
+    no_relations = AnnotatedExample(
+        **plain.model_dump(), relations=[], annotation=ROWS[0].annotation
+    )
+    rows = [*ROWS, no_relations]
+    metrics, predictions = evaluate_rows(model, tokenizer, rows, batch_size=4, progress=False)
+    assert len(predictions) == 11
+    assert set(metrics["splits"]) == {"train", "ood", "all"}
+    assert metrics["ood"]["n"] == 4 and metrics["iid"]["n"] == 7
+    for name, items in (("train", predictions[:6]), ("ood", predictions[6:10])):
+        expected = sum(answers_match(p.prediction, p.reference) for p in items) / len(items)
+        assert metrics["splits"][name]["accuracy"] == expected
+        assert metrics["splits"][name]["causal_ratio"] > 0
+    assert metrics["splits"]["all"]["causal_ratio"] is None
+    ratio, n_rows = causal_ratio(model, tokenizer, ROWS[:6], batch_size=2)
+    assert ratio == pytest.approx(metrics["splits"]["train"]["causal_ratio"], rel=1e-5)
+    assert n_rows == metrics["splits"]["train"]["ratio_rows"] > 0
+    path = write_results(tmp_path, metrics, predictions)
+    assert json.loads(path.read_text())["overall"]["n"] == 11
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["split"] == "all"
+
+
+def test_causal_ratio_is_none_without_relations(tiny) -> None:
+    model, tokenizer = tiny
+    rows = [r.model_copy(update={"relations": []}) for r in ROWS[:2]]
+    assert causal_ratio(model, tokenizer, rows) == (None, 0)
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    history = [
+        {"step": s, "lm_loss": 3.0 - s / 10, "attn_loss": -1.0, "a1": 0.03 + s / 1000,
+         "a0": 0.03, "causal_ratio": 1.0 + s / 30, "loss": 1.0}
+        for s in range(1, 11)
+    ] + [{"step": 10, "train_runtime": 1.0}]  # fmt: skip
+    assert series(history, "causal_ratio")[0] == list(range(1, 11))
+    written = plot_training(history, tmp_path / "plots", title="cat")
+    assert [p.name for p in written] == ["loss.png", "attention.png"]
+    assert all(p.read_bytes()[:8] == PNG for p in written)
+    compare = plot_comparison({"cat": history, "baseline": history[:5]}, tmp_path / "c.png")
+    assert compare.read_bytes()[:8] == PNG
+
+
+def test_read_parquet_roundtrip_for_eval_rows(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from cattune.schemas import to_table
+
+    pq.write_table(to_table(ROWS, AnnotatedExample), tmp_path / "rows.parquet")
+    assert [r.meta.ood for r in read_parquet(tmp_path / "rows.parquet")] == [
+        r.meta.ood for r in ROWS
+    ]
