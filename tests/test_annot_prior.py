@@ -15,6 +15,7 @@ from cattune.annotators.pack import load_pack
 from cattune.annotators.prior import PriorAnnotator
 from cattune.annotators.quality import evaluate
 from cattune.annotators.registry import KINDS, get_annotator
+from cattune.pipeline.stg import generate_stg
 from cattune.schemas import (
     AnnotatedExample,
     ConfigError,
@@ -80,8 +81,8 @@ def test_multiple_choice_links_question_and_chosen_option_only() -> None:
     assert _phrases(row) == [("B", ["Which gas do plants absorb", "carbon dioxide"])]
 
 
-def test_value_causes_are_anchored_to_their_items() -> None:
-    # 3.4 occurs in a causal and a spurious item; only the causal one is linked.
+def test_causes_are_the_causal_items_only() -> None:
+    # 3.4 occurs in a causal and a spurious item; only the causal item is linked.
     prompt = (
         "Industrial Emissions: 3.4; Vehicle Emissions: 2; Coal Dependency: 1%; Agricultural "
         "Burning: 5; Urban Green Coverage: 6%; Meteorological Dispersion: 7. Allergy Complaints "
@@ -91,8 +92,10 @@ def test_value_causes_are_anchored_to_their_items() -> None:
     (row,) = PRIOR.annotate([example])
     (relation,) = row.relations
     assert relation.effect.text(row.text) == "Answer: 40"
-    assert len(relation.causes) == 6
-    assert relation.causes[0].start == prompt.index("3.4")
+    causes = [cause.text(row.text) for cause in relation.causes]
+    assert causes[0] == "Industrial Emissions: 3.4"
+    assert len(causes) == 6
+    assert not any("Allergy" in cause for cause in causes)
 
 
 def test_nothing_found_is_quarantined_with_reasons() -> None:
@@ -155,16 +158,28 @@ def _gold(path: Path) -> list[AnnotatedExample]:
     return [r for r in rows if isinstance(r, AnnotatedExample)]
 
 
-@pytest.mark.parametrize(
-    "file", ["STG/spurious_token_game_train3.jsonl", "STG_H/STG_H_train.jsonl"]
-)
-def test_agrees_with_the_authors_stg_labels(reference_data: Path, file: str) -> None:
-    gold = _gold(reference_data / file)
+def test_agrees_with_the_authors_stg_labels(reference_data: Path) -> None:
+    gold = _gold(reference_data / "STG/spurious_token_game_train3.jsonl")
     assert len(gold) > 1000
     report = evaluate(PRIOR.annotate(gold), gold)
     assert report.coverage == 1.0
     assert report.exact.f1 >= 0.95
     assert report.exact.precision == 1.0
+
+
+def test_agrees_with_the_authors_stg_h_value_labels_at_token_level(reference_data: Path) -> None:
+    # The authors label bare values ("47.9"); the pack labels whole items, as the generator's gold.
+    gold = _gold(reference_data / "STG_H/STG_H_train.jsonl")
+    report = evaluate(PRIOR.annotate(gold), gold)
+    assert report.coverage == 1.0
+    assert report.overlap.f1 >= 0.95
+
+
+@pytest.mark.parametrize("variant", ["stg", "stg_h"])
+def test_matches_the_generators_gold_exactly(variant: str) -> None:
+    gold = generate_stg(variant, seed=3, n_train=300, n_test=1)["train"]
+    report = evaluate(PRIOR.annotate(gold), gold)
+    assert report.exact.f1 >= 0.95
 
 
 def test_registry_builds_each_kind_and_rejects_unknown_ones() -> None:
