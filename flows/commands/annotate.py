@@ -49,8 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--pack", help="prior pack name or file (prior, llm, vllm)")
     # File mode writes --out; the dataset mode (`--dataset NAME`, a Prefect flow into the
-    # versioned store) is meant to sit next to it as the other choice of one required group.
-    parser.add_argument("--out", required=True, help="annotated rows (.parquet)")
+    # versioned store) is the other choice of one required group (see add_dataset_mode below).
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="file mode: annotated rows (.parquet)")
     parser.add_argument("--format", default="auto", help="source format (default: auto)")
     parser.add_argument("--prompt-field", help="source column holding the prompt")
     parser.add_argument("--completion-field", help="source column holding the completion")
@@ -69,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     llm.add_argument("--max-retries", type=int, help="retries of a failed request (default: 4)")
     llm.add_argument("--cache", help="reply cache file (default: $CATTUNE_HOME/cache/llm.sqlite)")
     llm.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    add_dataset_mode(parser, target)
     parser.set_defaults(handler=run)
 
 
@@ -186,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
     from cattune.pipeline.sources import read_source
     from cattune.schemas import AnnotatedExample, QuarantinedExample, arrow_schema, to_table
 
+    if args.dataset:
+        return run_dataset_mode(args)
+    _refuse_dataset_flags(args)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     out = Path(args.out)
@@ -250,3 +255,74 @@ def _report(counts: Counts, out: Path, quarantine: Path, kind: str) -> None:
         print(f"requests    {counts.requests} ({counts.cached} rows from cache)")
     for reason, n in counts.reasons.most_common(3):
         print(f"  {n} x {reason}")
+
+
+# --- dataset mode (`--dataset NAME`): the annotate Prefect flow into the versioned store --------
+
+DATASET_FLAGS = ("store", "dask_address", "workers")
+
+
+def add_dataset_mode(parser: argparse.ArgumentParser, target: Any) -> None:
+    target.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="dataset mode: commit the rows as a new version of this dataset (Prefect flow)",
+    )
+    flow = parser.add_argument_group("dataset mode (--dataset NAME)")
+    flow.add_argument("--store", metavar="ROOT", help="store root (default: $CATTUNE_HOME/store)")
+    flow.add_argument(
+        "--dask-address", metavar="ADDR", help="run shards on a Dask cluster (tcp://host:8786)"
+    )
+    flow.add_argument(
+        "--workers", type=int, help="shards annotated at once on local threads (default: 4)"
+    )
+
+
+def _refuse_dataset_flags(args: argparse.Namespace) -> None:
+    stray = [flag for flag in DATASET_FLAGS if getattr(args, flag) is not None]
+    if stray:
+        flags = ", ".join("--" + flag.replace("_", "-") for flag in stray)
+        raise ConfigError(f"{flags} only apply with --dataset NAME (not with --out)")
+
+
+def run_dataset_mode(args: argparse.Namespace) -> int:
+    """Run the annotate flow: incremental, sharded (--batch-size rows a shard), one commit."""
+    from cattune.annotators.registry import get_annotator
+    from cattune.pipeline.names import validate_name
+    from cattune.schemas import InputError
+
+    validate_name(args.dataset)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not Path(args.source).exists():
+        raise InputError("no such file or directory; check the path", path=args.source)
+    options = annotator_options(args)
+    get_annotator(args.annotator, pack=args.pack, **options)  # configuration errors before Prefect
+
+    from cattune.flows.annotate import configured_flow
+
+    flow = configured_flow(
+        dask_address=args.dask_address,
+        concurrency=args.workers if args.workers is not None else 4,
+    )
+    summary = flow(
+        source=args.source,
+        dataset=args.dataset,
+        annotator=args.annotator,
+        pack=args.pack,
+        options=options,
+        format=args.format,
+        prompt_field=args.prompt_field,
+        completion_field=args.completion_field,
+        store=args.store,
+        shard_size=args.batch_size,
+    )
+    state = f"version {summary.version}" if summary.committed else "no new version"
+    print(f"dataset     {summary.dataset}: {state}")
+    print(f"rows read   {summary.rows_read} ({summary.rows_malformed} malformed)")
+    print(f"skipped     {summary.rows_skipped} (already annotated with this configuration)")
+    print(f"annotated   {summary.rows_annotated} in {summary.shards} shards")
+    print(f"quarantined {summary.rows_quarantined}")
+    for reason, n in list(summary.quarantine_reasons.items())[:3]:
+        print(f"  {n} x {reason[:100]}")
+    return 0
