@@ -53,15 +53,6 @@ class AlignmentProblem(BaseModel):
 class Alignment(BaseModel):
     relations: list[Relation]
     problems: list[AlignmentProblem]
-    phrases: int = 0  # phrase mentions looked up (an effect and each of its causes)
-
-    @property
-    def phrases_missing(self) -> int:
-        return sum(p.kind in ("effect_not_found", "cause_not_found") for p in self.problems)
-
-    @property
-    def phrases_found(self) -> int:
-        return self.phrases - self.phrases_missing
 
 
 def _as_causes(value: Any, effect: str) -> list[str]:
@@ -121,9 +112,7 @@ def align(text: str, relations: Iterable[PhraseRelation], strategy: Strategy = "
         raise ValueError(f"unknown alignment strategy {strategy!r}; use 'all' or 'nearest'")
     causes_by_effect: dict[tuple[int, int], set[tuple[int, int]]] = {}
     problems: list[AlignmentProblem] = []
-    phrase_count = 0
     for relation in relations:
-        phrase_count += 1 + len(relation.causes)
         if not relation.effect or any(not c for c in relation.causes):
             problems.append(AlignmentProblem(kind="empty_phrase", effect=relation.effect))
         if not relation.effect:
@@ -163,4 +152,4 @@ def align(text: str, relations: Iterable[PhraseRelation], strategy: Strategy = "
         )
         for effect, causes in sorted(causes_by_effect.items())
     ]
-    return Alignment(relations=span_relations, problems=problems, phrases=phrase_count)
+    return Alignment(relations=span_relations, problems=problems)
