@@ -83,14 +83,35 @@ def source_sha256(path: str | Path) -> str:
 _local = threading.local()
 
 
+SECRET_OPTION = "api_key_secret"
+
+
 def annotator_for(kind: str, pack: str | None, options: dict[str, Any]) -> Annotator:
-    """One annotator per thread and configuration (workers build their own, nothing is pickled)."""
+    """One annotator per thread and configuration (workers build their own, nothing is pickled).
+
+    ``options["api_key_secret"]`` names a Prefect Secret block holding the API key; it is read
+    here, inside the run, so the key never becomes a flow parameter, a log line or lineage.
+    """
+    if "api_key" in options:
+        raise ConfigError(
+            "do not pass api_key as a flow option (flow parameters are stored by Prefect): "
+            f"use api_key_env (an environment variable) or {SECRET_OPTION} (a Secret block name)"
+        )
     cache = getattr(_local, "annotators", None)
     if cache is None:
         cache = _local.annotators = {}
     key = stable_hash([kind, pack, options])
     if key not in cache:
-        cache[key] = get_annotator(kind, pack=pack, **options)
+        settings = dict(options)
+        secret = settings.pop(SECRET_OPTION, None)
+        if secret is not None:
+            from prefect.blocks.system import Secret
+
+            try:
+                settings["api_key"] = Secret.load(secret).get()
+            except ValueError as error:
+                raise ConfigError(f"cannot load the Secret block {secret!r}: {error}") from None
+        cache[key] = get_annotator(kind, pack=pack, **settings)
     return cache[key]
 
 

@@ -149,3 +149,53 @@ def test_killed_run_leaves_last_commit_and_rerun_resumes(
     rows = store.read("resume")
     assert len(rows) == len({r.id for r in rows}) == ROWS + 1
     assert [c.version for c in store.history("resume")] == [0, 1]
+
+
+def test_api_key_from_a_secret_block_never_reaches_parameters(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    from uuid import UUID
+
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+
+    from cattune.schemas import ConfigError
+
+    key = "sk-test-not-a-real-key-42"
+    Secret(value=key).save("cattune-test-llm-key", overwrite=True)
+    source = tmp_path / "rows.jsonl"
+    source.write_text("\n".join(json.dumps(row) for row in source_rows()[:3]) + "\n")
+    script = Script()
+    script.slow.clear()
+    store_root = str(tmp_path / "store")
+    with ScriptedChatServer(script) as server:
+        options = {
+            "model": "scripted",
+            "base_url": server.base_url,
+            "cache": False,
+            "api_key_secret": "cattune-test-llm-key",
+        }
+        summary = annotate_flow(
+            str(source),
+            "secret",
+            annotator="llm",
+            pack="key-value-records",
+            options=options,
+            store=store_root,
+        )
+        headers = [r.headers.get("authorization") for r in server.requests]
+    assert summary.rows_annotated == 3
+    assert headers == [f"Bearer {key}"] * 3
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(summary.flow_run_id))
+    assert key not in json.dumps(run.parameters)
+    history = DatasetStore(store_root).history("secret")
+    assert key not in history[0].model_dump_json()
+    with pytest.raises(ConfigError, match="do not pass api_key"):
+        annotate_flow(
+            str(source),
+            "secret",
+            annotator="llm",
+            options={"model": "m", "api_key": key},
+            store=store_root,
+        )
