@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from cattune.schemas import ConfigError
-from cattune.training.attention import causal_mass, mass_from_attentions
+from cattune.training.attention import CAT_ATTENTION, causal_mass, mass_from_attentions
 from cattune.training.loss import reattention_loss
 from cattune.training.mask import CausalMask, pack_masks
 
@@ -122,14 +122,45 @@ def test_efficient_matches_eager_on_random_masks(llama, rects, length) -> None:
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_model_loaded_from_local_dir_keeps_its_implementation(tmp_path: Path, kind: str) -> None:
+def test_model_loaded_from_local_dir(tmp_path: Path, kind: str) -> None:
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(tiny_config(kind)).save_pretrained(tmp_path)
     model = AutoModelForCausalLM.from_pretrained(
         tmp_path, attn_implementation="sdpa", dtype=torch.float64
     )
-    assert_same(model, *batch(2))
-    assert model.config._attn_implementation == "sdpa"
+    ids, am, mask = batch(2)
+    plain = model(input_ids=ids, attention_mask=am).logits
+    assert_same(model, ids, am, mask)
+    causal_mass(model, ids, am, mask)
+    assert model.config._attn_implementation == CAT_ATTENTION
+    assert torch.allclose(model(input_ids=ids, attention_mask=am).logits, plain, atol=1e-10)
+
+
+def test_non_reentrant_gradient_checkpointing_matches(llama) -> None:
+    ids, am, mask = batch()
+    llama.train()
+    _, _, _, expected = run(llama, ids, am, mask, "eager", loss_type="hinge")
+    llama.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        for implementation in ("efficient", "eager"):
+            _, _, _, grads = run(llama, ids, am, mask, implementation, loss_type="hinge")
+            for name, grad in expected.items():
+                assert torch.allclose(grad, grads[name], atol=1e-5), (implementation, name)
+    finally:
+        llama.gradient_checkpointing_disable()
+        llama.eval()
+
+
+def test_reentrant_gradient_checkpointing_is_refused(llama) -> None:
+    ids, am, mask = batch()
+    llama.train()
+    llama.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    try:
+        with pytest.raises(ConfigError, match="use_reentrant"):
+            causal_mass(llama, ids, am, mask)
+    finally:
+        llama.gradient_checkpointing_disable()
+        llama.eval()
 
 
 def test_sdpa_attentions_are_refused_not_read_as_zero(llama) -> None:

@@ -15,8 +15,7 @@ Two implementations give the same numbers and gradients:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -118,18 +117,28 @@ AttentionInterface.register(CAT_ATTENTION, cat_attention_forward)
 AttentionMaskInterface.register(CAT_ATTENTION, sdpa_mask)
 
 
-@contextmanager
-def attn_implementation(model: Any, name: str) -> Iterator[None]:
-    """Run a block with the model switched to another attention implementation, then restore it."""
-    previous = model.config._attn_implementation
-    if previous == name:
-        yield
-        return
-    model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
+def use_implementation(model: Any, name: str) -> None:
+    """Switch the model's attention implementation (no-op when it is already set).
+
+    The switch is not undone afterwards: gradient checkpointing re-runs the layers during
+    backward, and they must run the same attention then. ``cattune_cat`` without a collector is
+    plain SDPA, so a model left in it behaves (and generates) as with ``sdpa``.
+    """
+    if model.config._attn_implementation != name:
+        model.set_attn_implementation(name)
+
+
+def _check_graph(model: Any, mass: Tensor) -> None:
+    if (
+        torch.is_grad_enabled()
+        and not mass.requires_grad
+        and any(p.requires_grad for p in model.parameters())
+    ):
+        raise ConfigError(
+            "the causal mass is not part of the autograd graph, so the Re-Attention loss would "
+            "train nothing; with gradient checkpointing use "
+            "gradient_checkpointing_kwargs={'use_reentrant': False}"
+        )
 
 
 def mass_from_attentions(
@@ -163,6 +172,10 @@ def causal_mass(
 ) -> tuple[Any, Tensor]:
     """Run the model; return its outputs and the [B, T] causal mass of the mean attention.
 
+    The model is switched to the attention the implementation needs and left there (see
+    use_implementation). Non-reentrant gradient checkpointing works; reentrant checkpointing
+    drops the mass from the graph and raises a ConfigError.
+
     ``layers`` selects 0-based decoder layers (default: all); model_kwargs go to the model (e.g.
     ``labels`` for the LM loss).
     """
@@ -174,20 +187,23 @@ def causal_mass(
             f"layers={list(layers)} do not exist; the model has {n_layers} layers (0-based)"
         )
     if implementation == "eager":
-        with attn_implementation(model, "eager"):
-            outputs = model(
-                input_ids=input_ids, attention_mask=attention_mask, output_attentions=True,
-                **model_kwargs,
-            )  # fmt: skip
-        return outputs, mass_from_attentions(outputs.attentions, mask, layers)
-    if implementation != "efficient":
-        raise ConfigError(
-            f"unknown attention implementation {implementation!r}; use 'efficient' or 'eager'"
-        )
-    collector = MassCollector(mask, layers)
-    with attn_implementation(model, CAT_ATTENTION):
+        use_implementation(model, "eager")
+        outputs = model(
+            input_ids=input_ids, attention_mask=attention_mask, output_attentions=True,
+            **model_kwargs,
+        )  # fmt: skip
+        mass = mass_from_attentions(outputs.attentions, mask, layers)
+    elif implementation == "efficient":
+        collector = MassCollector(mask, layers)
+        use_implementation(model, CAT_ATTENTION)
         outputs = model(
             input_ids=input_ids, attention_mask=attention_mask, cat_collector=collector,
             **model_kwargs,
         )  # fmt: skip
-    return outputs, collector.result()
+        mass = collector.result()
+    else:
+        raise ConfigError(
+            f"unknown attention implementation {implementation!r}; use 'efficient' or 'eager'"
+        )
+    _check_graph(model, mass)
+    return outputs, mass
