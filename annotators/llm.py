@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import os
 import random
@@ -151,6 +152,22 @@ def _retry_after_seconds(headers: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+def _reply_content(body: str) -> str:
+    """The first choice's message text from a chat-completions response body.
+
+    Read directly rather than through the SDK's response models (see ``_request_body``).
+    Raises ``ValueError`` for a body that is not a chat completion.
+    """
+    try:
+        message = json.loads(body)["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise ValueError(f"not a chat completion: {type(error).__name__}") from None
+    if not isinstance(message, dict):
+        raise ValueError("not a chat completion: message is not an object")
+    content = message.get("content") or message.get("refusal") or ""
+    return content if isinstance(content, str) else json.dumps(content)
 
 
 class LLMAnnotator:
@@ -410,17 +427,13 @@ class LLMAnnotator:
                 sent += 1
                 run.stats.requests += 1
                 try:
-                    response = await run.client.chat.completions.create(
-                        model=self.model,
-                        messages=messages,  # type: ignore[arg-type]
-                        timeout=self.timeout,
-                        **self.decoding.as_dict(),
-                        **(
-                            {"response_format": json_schema_response_format()}
-                            if run.structured
-                            else {}
-                        ),
+                    body = await run.client.post(
+                        "/chat/completions",
+                        cast_to=str,
+                        body=self._request_body(messages, structured=run.structured),
+                        options={"timeout": self.timeout},
                     )
+                    content = _reply_content(body)
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
                     raise EndpointError(
                         f"the endpoint {self._where()} refused the API key "
@@ -476,11 +489,10 @@ class LLMAnnotator:
                     else:
                         reason = f"connection lost ({cause})"
                 except (ValueError, openai.APIResponseValidationError) as error:
-                    reason = f"malformed response body ({type(error).__name__})"
+                    run.any_response = True
+                    reason = f"malformed response body ({error})"
                 else:
                     run.any_response = True
-                    message = response.choices[0].message if response.choices else None
-                    content = (message.content or message.refusal or "") if message else ""
                     return content, sent
             if sent > self.max_retries:
                 break
@@ -491,6 +503,20 @@ class LLMAnnotator:
                 "`vllm serve MODEL`) or fix --base-url"
             )
         raise _RowFailed(f"{reason}; gave up after {sent} attempts", sent, retryable=True)
+
+    def _request_body(self, messages: list[Message], *, structured: bool) -> dict[str, Any]:
+        """The chat-completions JSON body.
+
+        Sent through the SDK's raw ``client.post`` (its documented way to make requests it has
+        no method for) rather than ``chat.completions.create``, whose typed request transform and
+        response models cost ~5 ms of CPU a request and capped throughput at high concurrency.
+        Status errors, timeouts and connection errors are the SDK's either way.
+        """
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        body.update(self.decoding.as_dict())
+        if structured:
+            body["response_format"] = json_schema_response_format()
+        return body
 
     async def _wait_for_pause(self, run: _Run) -> None:
         """A 429 with Retry-After holds back every request of the run, not only its own retry."""
