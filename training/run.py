@@ -139,7 +139,7 @@ def train(options: TrainOptions) -> dict[str, Any]:
     rows = _training_rows(options)
     eval_rows = _eval_rows(options)
     out = Path(options.out)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     args = CATConfig(
         output_dir=str(out / "checkpoints"),
         mode=options.mode,
@@ -161,7 +161,9 @@ def train(options: TrainOptions) -> dict[str, Any]:
         save_strategy="no",
         report_to="none",
         disable_tqdm=not options.progress,
-        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        # accelerate runs multi-process CPU training (gloo) only when told to use the CPU
+        use_cpu=cpu_ddp,
+        ddp_backend="gloo" if cpu_ddp else None,
         dataloader_num_workers=0,
     )
     set_seed(options.seed)
