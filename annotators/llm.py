@@ -309,7 +309,10 @@ class LLMAnnotator:
             if cache is not None:
                 cache.close()
         final = [r for r in results if r is not None]
-        assert len(final) == len(examples), "every row must end annotated or quarantined"
+        if len(final) != len(examples):
+            raise RuntimeError(
+                "LLMAnnotator lost rows: every row must end annotated or quarantined"
+            )
         stats.annotated = sum(isinstance(r, AnnotatedExample) for r in final)
         stats.quarantined = len(final) - stats.annotated
         logger.info(
