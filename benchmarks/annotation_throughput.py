@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,8 +80,8 @@ def endpoint(latency: float) -> Iterator[str]:
         process.join(timeout=10)
 
 
-def measure(concurrency: int, n_rows: int, latency: float) -> float:
-    """Rows a second at this concurrency."""
+def measure(concurrency: int, n_rows: int, latency: float) -> tuple[float, float]:
+    """(rows a second, CPU milliseconds a row in this process) at this concurrency."""
     with endpoint(latency) as base_url:
         annotator = LLMAnnotator(
             PACK,
@@ -93,12 +94,12 @@ def measure(concurrency: int, n_rows: int, latency: float) -> float:
             progress=False,
         )
         batch = rows(n_rows, f"c{concurrency}")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         results = annotator.annotate(batch)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     if not all(isinstance(r, AnnotatedExample) for r in results):
         raise SystemExit("benchmark replies were not all annotated: the setup is broken")
-    return n_rows / elapsed
+    return n_rows / elapsed, cpu / n_rows * 1000
 
 
 def main() -> None:
@@ -107,15 +108,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rows per level = rounds x level")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     args = parser.parse_args()
-    print(f"latency {args.latency * 1000:.0f} ms per request, {args.rounds} rounds per level\n")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"latency {args.latency * 1000:.0f} ms per request, {args.rounds} rounds per level, "
+        f"{os.cpu_count()} CPUs, load average {load}\n"
+    )
     measure(4, 8, 0.0)  # warm-up: imports the SDK and builds its models outside the timings
-    print("| concurrency | rows | rows/s | ideal rows/s | ratio to ideal |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| concurrency | rows | rows/s | ideal rows/s | ratio to ideal | client CPU ms/row |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for level in args.levels:
         n_rows = max(level * args.rounds, 20)
-        rate = measure(level, n_rows, args.latency)
+        rate, cpu_ms = measure(level, n_rows, args.latency)
         ideal = level / args.latency
-        print(f"| {level} | {n_rows} | {rate:.1f} | {ideal:.1f} | {rate / ideal:.0%} |")
+        print(
+            f"| {level} | {n_rows} | {rate:.1f} | {ideal:.1f} | {rate / ideal:.0%} | {cpu_ms:.2f} |"
+        )
 
 
 if __name__ == "__main__":
