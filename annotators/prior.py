@@ -271,6 +271,8 @@ class PriorAnnotator:
 
     name = "prior"
     version = "1.0"
+    max_chars = 1_000_000
+    """Longer prompts are quarantined: spaCy refuses texts over its ``max_length`` (this value)."""
 
     def __init__(
         self,
@@ -302,14 +304,28 @@ class PriorAnnotator:
             import spacy
 
             self._nlp = spacy.blank("en")
+            self._nlp.max_length = self.max_chars
         return self._nlp
 
     def annotate(self, examples: Sequence[Example]) -> list[AnnotationResult]:
-        prompts: Iterable[str] = (e.prompt for e in examples)
-        docs = self._tokenizer().pipe(prompts, batch_size=self.batch_size)
+        prompts: Iterable[str] = (e.prompt for e in examples if len(e.prompt) <= self.max_chars)
+        docs = iter(self._tokenizer().pipe(prompts, batch_size=self.batch_size))
         return [
-            self._annotate_one(example, doc) for example, doc in zip(examples, docs, strict=True)
+            self._annotate_one(example, next(docs))
+            if len(example.prompt) <= self.max_chars
+            else self._too_long(example)
+            for example in examples
         ]
+
+    def _too_long(self, example: Example) -> QuarantinedExample:
+        return QuarantinedExample(
+            **_fields(example),
+            annotation=self._annotation(self.packs[0] if len(self.packs) == 1 else None),
+            error=(
+                f"prompt has {len(example.prompt):,} characters, more than the prior annotator "
+                f"reads ({self.max_chars:,}); shorten or split the row, or use an LLM annotator"
+            ),
+        )
 
     def _annotation(self, pack: PriorPack | None) -> Annotation:
         return Annotation(
