@@ -236,9 +236,12 @@ class DatasetStore:
                 initial = source.filter(pc.invert(source[_RESOLVED])) if quarantine else source
                 if quarantine:
                     initial = initial.drop_columns([_RESOLVED])
+                # No commit retries: if another writer created version 0 meanwhile, delta-rs
+                # would otherwise land this as a blind append (duplicate ids); merge instead.
+                creating = CommitProperties(custom_metadata=metadata, max_commit_retries=0)
                 try:
-                    write_deltalake(uri, initial, mode="error", commit_properties=properties)
-                    return DeltaTable(uri).version(), initial.num_rows, 0
+                    write_deltalake(uri, initial, mode="error", commit_properties=creating)
+                    return 0, initial.num_rows, 0
                 except (CommitFailedError, DeltaError) as error:
                     if not DeltaTable.is_deltatable(uri):
                         raise StoreError(f"cannot create dataset table at {uri}: {error}") from None

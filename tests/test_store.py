@@ -247,3 +247,33 @@ def test_concurrent_processes_never_corrupt(tmp_path: Path) -> None:
     for version in range(store.version("shared") + 1):
         ids = [r.id for r in store.read("shared", version)]
         assert len(ids) == len(set(ids))
+
+
+def _create_racing(root: str, names: list[str], barrier, offset: int) -> None:  # noqa: ANN001
+    store = DatasetStore(root, retry_delay=0.01, max_retries=20)
+    for name in names:
+        barrier.wait()
+        store.write(name, [row(i) for i in range(offset, offset + 10)])
+
+
+def test_racing_creators_never_duplicate_ids(tmp_path: Path) -> None:
+    """Two writers creating one dataset at the same moment: the loser merges, no blind append."""
+    root = str(tmp_path / "s")
+    names = [f"race{k}" for k in range(15)]
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    workers = [
+        context.Process(target=_create_racing, args=(root, names, barrier, offset))
+        for offset in (0, 5)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    store = DatasetStore(root)
+    for name in names:
+        for version in range(store.version(name) + 1):
+            ids = [r.id for r in store.read(name, version)]
+            assert len(ids) == len(set(ids)), (name, version)
+        assert len(store.read(name)) == 15
