@@ -164,3 +164,18 @@ def test_user_errors(release: Path, model_dir: Path, tmp_path: Path, capsys) -> 
     assert "does not exist" in error_of(missing, capsys)
     with pytest.raises(SystemExit):
         main(["train", "--release", str(release), "--data", "x.parquet"])
+
+
+def test_eval_groups_rows_without_split_by_file(model_dir: Path, tmp_path: Path) -> None:
+    files = []
+    for name, rows in (("iid", SPLITS["test"][:3]), ("shifted", SPLITS["ood"][:2])):
+        plain = [
+            r.model_copy(update={"meta": r.meta.model_copy(update={"split": None})}) for r in rows
+        ]
+        pq.write_table(to_table(plain, AnnotatedExample), tmp_path / f"{name}.parquet")
+        files += ["--data", str(tmp_path / f"{name}.parquet")]
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(model_dir), *files, "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {k: v["n"] for k, v in metrics["splits"].items()} == {"iid": 3, "shifted": 2}
+    assert metrics["ood"]["n"] == 2

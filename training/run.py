@@ -16,11 +16,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cattune.schemas import AnnotatedExample, ConfigError, InputError
-from cattune.training.release_io import MANIFEST, read_job, read_parquet, read_release
+from cattune.training.release_io import (
+    MANIFEST,
+    read_job,
+    read_parquet,
+    read_release,
+    release_splits,
+)
 
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
+TRAIN_SPLIT = "train"
 TINY_LR = 3e-3
 MODEL_LR = 2e-5
 
@@ -39,7 +46,7 @@ class TrainOptions(_Options):
 
     release: str | None = None
     data: str | None = None
-    split: str | None = Field("train", description="release split to train on (None = all)")
+    split: str | None = Field(None, description="default: 'train' of a release, all of --data")
     model: str = TINY
     mode: Literal["cat", "baseline"] = "cat"
     alpha: float = Field(2.0, gt=0)
@@ -94,7 +101,7 @@ def load_rows(path: str, splits: list[str] | None = None) -> list[AnnotatedExamp
     source = Path(path)
     if source.is_dir() and (source / MANIFEST).is_file():
         return read_release(source, splits)
-    rows = read_parquet(source)
+    rows = [_with_split(row, source.stem) for row in read_parquet(source)]
     if splits is not None:
         rows = [r for r in rows if r.meta.split in splits]
         if not rows:
@@ -102,11 +109,18 @@ def load_rows(path: str, splits: list[str] | None = None) -> list[AnnotatedExamp
     return rows
 
 
+def _with_split(row: AnnotatedExample, name: str) -> AnnotatedExample:
+    """Rows without meta.split are reported under the name of the file they came from."""
+    if row.meta.split is not None:
+        return row
+    return row.model_copy(update={"meta": row.meta.model_copy(update={"split": name})})
+
+
 def _training_rows(options: TrainOptions) -> list[AnnotatedExample]:
     if (options.release is None) == (options.data is None):
         raise ConfigError("give exactly one of --release DIR, --data FILE.parquet or --job FILE")
     if options.release is not None:
-        return read_release(options.release, None if options.split is None else [options.split])
+        return read_release(options.release, [options.split or TRAIN_SPLIT])
     assert options.data is not None
     return load_rows(options.data, None if options.split is None else [options.split])
 
@@ -117,10 +131,9 @@ def _eval_rows(options: TrainOptions) -> list[AnnotatedExample]:
         for path in options.eval_data:
             rows.extend(load_rows(path, options.eval_split))
         return rows
-    if options.release is not None and options.split is not None:
-        from cattune.training.release_io import release_splits
-
-        others = [s for s in release_splits(options.release) if s != options.split]
+    if options.release is not None:
+        trained_on = options.split or TRAIN_SPLIT
+        others = [s for s in release_splits(options.release) if s != trained_on]
         return read_release(options.release, others) if others else []
     return []
 
@@ -128,7 +141,7 @@ def _eval_rows(options: TrainOptions) -> list[AnnotatedExample]:
 def train(options: TrainOptions) -> dict[str, Any]:
     """Fine-tune (CAT or baseline), save the model, evaluate, and write metrics and plots."""
     import torch
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
 
     from cattune.training.config import CATConfig
     from cattune.training.data import CATCollator, encode_rows
@@ -165,6 +178,7 @@ def train(options: TrainOptions) -> dict[str, Any]:
         use_cpu=cpu_ddp,
         ddp_backend="gloo" if cpu_ddp else None,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     set_seed(options.seed)
     model_dir = Path(options.model)
@@ -194,6 +208,8 @@ def train(options: TrainOptions) -> dict[str, Any]:
         train_dataset=dataset,
         data_collator=CATCollator(tokenizer.pad_token_id),
     )
+    if not options.progress:
+        trainer.remove_callback(PrinterCallback)
     result = trainer.train()
     if not trainer.is_world_process_zero():
         return {}

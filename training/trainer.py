@@ -35,6 +35,9 @@ class _Wrapped:
     def set_attn_implementation(self, name: str) -> None:
         self.inner.set_attn_implementation(name)
 
+    def parameters(self) -> Any:
+        return self.inner.parameters()
+
     def __call__(self, **kwargs: Any) -> Any:
         return self.wrapper(**kwargs)
 
@@ -72,7 +75,10 @@ class CATTrainer(Trainer):
         model_inputs, mask = split_mask(inputs)
         cat = args.mode == "cat"
         attn = None
-        if cat or (model.training and self._ratio_due()):
+        # A batch without any causal column (no relations survived tokenization) has no
+        # attention term; the plain forward pass is enough.
+        has_groups = mask.group_cols.shape[1] > 0
+        if has_groups and (cat or (model.training and self._ratio_due())):
             input_ids = model_inputs.pop("input_ids")
             attention_mask = model_inputs.pop("attention_mask")
             inner = self.accelerator.unwrap_model(model)

@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--release", help="release directory (manifest.json + data/)")
     source.add_argument("--data", help="Parquet file of contract rows")
     source.add_argument("--job", help="training job JSON (cattune.schemas.TrainingJob)")
-    parser.add_argument("--split", help="split to train on (default: train)")
+    parser.add_argument(
+        "--split", help="split to train on (default: train of a release, every row of --data)"
+    )
     parser.add_argument("--model", help="local model directory, or 'tiny' (default)")
     parser.add_argument("--mode", choices=("cat", "baseline"), help="default: cat")
     parser.add_argument("--alpha", type=float, help="target a1/a0 ratio (default 2.0)")
