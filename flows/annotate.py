@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from cattune.annotators.base import AnnotationResult, Annotator, stable_hash
 from cattune.annotators.registry import get_annotator
@@ -61,6 +61,7 @@ class AnnotateSummary(BaseModel):
     flow_run_id: str | None = None
     rows_read: int = 0
     rows_malformed: int = 0
+    rows_duplicate: int = Field(0, description="rows repeating an earlier row's id (same text)")
     rows_skipped: int = 0
     rows_annotated: int = 0
     rows_quarantined: int = 0
@@ -278,6 +279,7 @@ def annotate_flow(
         flow_run_id=lineage.flow_run_id,
         rows_read=read,
         rows_malformed=len(malformed),
+        rows_duplicate=read - len(malformed) - len(examples),
         rows_skipped=lineage.rows_skipped,
         rows_annotated=len(rows),
         rows_quarantined=len(quarantined),
@@ -327,10 +329,11 @@ def summary_markdown(summary: AnnotateSummary, rows: Sequence[AnnotatedExample])
         f"Source `{summary.source}` (sha256 `{summary.source_sha256[:16]}`), annotator "
         f"`{summary.annotator}` (config `{summary.config_hash}`).",
         "",
-        "| rows read | malformed | skipped (already annotated) | annotated | quarantined |",
-        "|---|---|---|---|---|",
-        f"| {summary.rows_read} | {summary.rows_malformed} | {summary.rows_skipped} "
-        f"| {summary.rows_annotated} | {summary.rows_quarantined} |",
+        "| rows read | malformed | duplicates | skipped (already annotated) | annotated "
+        "| quarantined |",
+        "|---|---|---|---|---|---|",
+        f"| {summary.rows_read} | {summary.rows_malformed} | {summary.rows_duplicate} "
+        f"| {summary.rows_skipped} | {summary.rows_annotated} | {summary.rows_quarantined} |",
         "",
     ]
     if summary.quarantine_reasons:

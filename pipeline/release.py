@@ -17,7 +17,7 @@ import re
 import shutil
 import stat
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -128,14 +128,57 @@ def load_manifest(release_dir: str | Path) -> ReleaseManifest:
         raise StoreError(f"{release_dir} is not a release: {MANIFEST} is missing")
     try:
         return ReleaseManifest.model_validate(json.loads(path.read_text()))
-    except (ValueError, ValidationError) as error:
+    except ValidationError as error:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]
+        )
+        raise StoreError(f"{path} is not a valid release manifest: {details}") from None
+    except ValueError as error:
         raise StoreError(f"{path} is not a valid release manifest: {error}") from None
 
 
+def _outside(manifest: ReleaseManifest) -> list[str]:
+    """Manifest paths that do not name a file under the release's ``data/`` directory."""
+    found = []
+    for item in manifest.files:
+        parts = PurePosixPath(item.path).parts
+        if "\\" in item.path or len(parts) < 2 or parts[0] != "data" or ".." in parts:
+            found.append(f"manifest path {item.path!r} points outside the release's data/")
+    return found
+
+
+def _row_counts(manifest: ReleaseManifest, root: Path) -> list[str]:
+    """Rows per file (from the Parquet footers) and per split against the manifest."""
+    found = []
+    per_split: dict[str, int] = {}
+    for item in manifest.files:
+        per_split[item.split] = per_split.get(item.split, 0) + item.rows
+        try:
+            rows = pq.ParquetFile(root / item.path).metadata.num_rows
+        except (OSError, pa.ArrowException) as error:
+            found.append(f"unreadable file {item.path} ({error})")
+            continue
+        if rows != item.rows:
+            found.append(f"file {item.path} has {rows} rows, the manifest says {item.rows}")
+    if per_split != manifest.rows_per_split:
+        found.append(
+            f"rows_per_split {manifest.rows_per_split} does not match the files ({per_split})"
+        )
+    return found
+
+
 def verify_release(release_dir: str | Path) -> ReleaseManifest:
-    """The release's manifest if every file matches it; else a StoreError listing the problems."""
+    """The release's manifest if every file matches it; else a StoreError listing the problems.
+
+    Checks that every listed path stays inside ``data/``, every file exists with its sha256, no
+    file is unlisted, and the row counts (per file and per split) agree with the Parquet files.
+    """
     manifest = load_manifest(release_dir)
-    problems = manifest.problems(release_dir)
+    problems = _outside(manifest)
+    if not problems:
+        problems = manifest.problems(release_dir)
+        if not problems:
+            problems = _row_counts(manifest, Path(release_dir))
     if problems:
         raise StoreError(
             f"release {release_dir} does not match its manifest: " + "; ".join(problems)

@@ -96,8 +96,10 @@ def test_incremental_run_annotates_only_new_rows(prefect_harness: None, tmp_path
     assert second.shards == 1
     assert len(DatasetStore(store_root).read("inc")) == 2200
 
+    write_jsonl(source, cat_rows(0, 2200) + cat_rows(10, 15))
     third = annotate_flow(str(source), "inc", annotator="given", format="cat", store=store_root)
     assert (third.rows_annotated, third.committed, third.version) == (0, False, 1)
+    assert (third.rows_read, third.rows_duplicate, third.rows_skipped) == (2205, 5, 2200)
 
 
 def test_concurrent_flows_on_one_dataset(prefect_harness: None, tmp_path: Path) -> None:
@@ -160,6 +162,6 @@ def test_summary_markdown_marks_examples() -> None:
     )
     text = summary_markdown(summary, [row])
     assert "version 3" in text
-    assert "| 2 | 0 | 0 | 1 | 1 |" in text
+    assert "| 2 | 0 | 0 | 0 | 1 | 1 |" in text
     assert "phrase 'x' / not found" in text
     assert "**Smoking: 9**. Answer: _High Risk_" in text

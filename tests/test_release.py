@@ -132,3 +132,45 @@ def test_verify_needs_a_manifest(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(StoreError, match="not a valid release manifest"):
         verify_release(tmp_path)
+
+
+def _edit_manifest(release: Path, **changes: object) -> None:
+    path = _writable(release / "manifest.json")
+    manifest = json.loads(path.read_text())
+    for key, value in changes.items():
+        if key in manifest:
+            manifest[key] = value
+        else:
+            manifest["files"][0][key] = value
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "data/../../outside.parquet", "other/x.parquet"])
+def test_verify_refuses_paths_outside_the_release(
+    store: DatasetStore, tmp_path: Path, path: str
+) -> None:
+    out = tmp_path / "rel"
+    make_release(store, "ds", None, out)
+    _edit_manifest(out, path=path)
+    with pytest.raises(StoreError, match="points outside the release's data/"):
+        verify_release(out)
+
+
+def test_verify_checks_row_counts(store: DatasetStore, tmp_path: Path) -> None:
+    out = tmp_path / "rel"
+    manifest = make_release(store, "ds", None, out)
+    _edit_manifest(out, rows=manifest.files[0].rows + 1)
+    with pytest.raises(StoreError, match=r"has \d+ rows, the manifest says"):
+        verify_release(out)
+    _edit_manifest(out, rows=manifest.files[0].rows, rows_per_split={"train": 1})
+    with pytest.raises(StoreError, match="rows_per_split"):
+        verify_release(out)
+
+
+def test_invalid_manifest_is_one_line(store: DatasetStore, tmp_path: Path) -> None:
+    out = tmp_path / "rel"
+    make_release(store, "ds", None, out)
+    _edit_manifest(out, version="latest")
+    with pytest.raises(StoreError, match="version") as caught:
+        verify_release(out)
+    assert "\n" not in str(caught.value)

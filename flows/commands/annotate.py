@@ -319,7 +319,10 @@ def run_dataset_mode(args: argparse.Namespace) -> int:
     )
     state = f"version {summary.version}" if summary.committed else "no new version"
     print(f"dataset     {summary.dataset}: {state}")
-    print(f"rows read   {summary.rows_read} ({summary.rows_malformed} malformed)")
+    print(
+        f"rows read   {summary.rows_read} ({summary.rows_malformed} malformed, "
+        f"{summary.rows_duplicate} repeating an earlier row)"
+    )
     print(f"skipped     {summary.rows_skipped} (already annotated with this configuration)")
     print(f"annotated   {summary.rows_annotated} in {summary.shards} shards")
     print(f"quarantined {summary.rows_quarantined}")
