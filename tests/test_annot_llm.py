@@ -424,3 +424,18 @@ def test_config_hash_tracks_what_changes_the_output(tmp_path: Path) -> None:
     ]
     hashes = {first.config_hash(), *(v.config_hash() for v in variants)}
     assert len(hashes) == 1 + len(variants)
+
+
+def test_unknown_model_is_an_endpoint_error(tmp_path: Path) -> None:
+    with ScriptedChatServer(lambda request, attempt: Reply.error(404)) as server:
+        with pytest.raises(EndpointError, match="404 for model 'scripted-model'.*--model"):
+            annotator(server, tmp_path).annotate([example()])
+        assert server.request_count == 1  # not retried
+
+
+def test_retry_after_beyond_the_limit_quarantines_at_once(tmp_path: Path) -> None:
+    with ScriptedChatServer(lambda request, attempt: Reply.error(429, retry_after=3600)) as server:
+        [result] = annotator(server, tmp_path, max_retry_after=60).annotate([example()])
+        assert server.request_count == 1
+    assert isinstance(result, QuarantinedExample) and result.retryable
+    assert "asked to wait 3600 s" in result.error
