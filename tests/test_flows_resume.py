@@ -199,3 +199,43 @@ def test_api_key_from_a_secret_block_never_reaches_parameters(
             options={"model": "m", "api_key": key},
             store=store_root,
         )
+
+
+def test_llm_shards_obey_the_tag_concurrency_limit(prefect_harness: None, tmp_path: Path) -> None:
+    """`prefect concurrency-limit create cattune-llm 1` serialises LLM shards across threads."""
+    from prefect.client.orchestration import get_client
+
+    from cattune.flows.annotate import LLM_TAG, configured_flow
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text("\n".join(json.dumps(row) for row in source_rows()[:6]) + "\n")
+    script = Script()
+    script.slow.clear()
+    slow = lambda request, attempt: Reply(  # noqa: E731
+        content=script(request, attempt).content, delay=1.5
+    )
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=LLM_TAG, concurrency_limit=1)
+    try:
+        with ScriptedChatServer(slow) as server:
+            options = {
+                "model": "scripted",
+                "base_url": server.base_url,
+                "cache": False,
+                "concurrency": 1,
+            }
+            summary = configured_flow(concurrency=3)(
+                str(source),
+                "limited",
+                annotator="llm",
+                pack="key-value-records",
+                options=options,
+                store=str(tmp_path / "store"),
+                shard_size=2,
+            )
+            in_flight = server.max_in_flight
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag(LLM_TAG)
+    assert (summary.shards, summary.rows_annotated) == (3, 6)
+    assert in_flight == 1
