@@ -80,6 +80,7 @@ def worker(args: argparse.Namespace) -> None:
                 model, ids, am, mask, implementation=args.worker, labels=ids
             )
             loss = outputs.loss + reattention_loss(mass, mask, am).loss
+            del outputs, mass  # as a trainer does: the logits are not kept through backward
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

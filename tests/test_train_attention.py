@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from cattune.schemas import ConfigError
+from cattune.training import attention
 from cattune.training.attention import CAT_ATTENTION, causal_mass, mass_from_attentions
 from cattune.training.loss import reattention_loss
 from cattune.training.mask import CausalMask, pack_masks
@@ -30,6 +31,14 @@ def tiny_config(kind: str = "llama"):
         max_position_embeddings=64,
     )
     return LlamaConfig(**common) if kind == "llama" else Qwen2Config(**common)
+
+
+@pytest.fixture(autouse=True, params=["selected-rows", "indicator-sdpa"])
+def strategy(request, monkeypatch) -> str:
+    """Run every test with both ways of computing the efficient mass."""
+    limit = 10**6 if request.param == "selected-rows" else 0
+    monkeypatch.setattr(attention, "ROWS_PER_HEAD_DIM", limit)
+    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,14 @@ Two implementations give the same numbers and gradients:
 - ``eager``: the reference approach. The model runs in eager attention with
   ``output_attentions=True`` and the T x T maps are reduced explicitly (the oracle).
 - ``efficient``: never builds T x T maps. A custom attention function (registered with
-  transformers' AttentionInterface as ``cattune_cat``) runs the normal SDPA call and a second SDPA
-  call whose values are the indicator columns of the mask's groups (zero-padded to the head size so
-  the fused kernel is kept). Its output at row i, column k is the attention mass of row i on group
-  k; each row keeps the column of its own group. Per-layer results go to a collector passed
-  through the model's keyword arguments.
+  transformers' AttentionInterface as ``cattune_cat``) runs the normal SDPA call, then the mass of
+  the rows that have a causal set, in one of two ways:
+  * few such rows (<= ROWS_PER_HEAD_DIM x head size, the usual case): their scores alone,
+    [B, H, rows, T], softmax, sum over the row's causal columns;
+  * many: a second SDPA call whose values are the indicator columns of the mask's groups
+    (zero-padded to the head size so the fused kernel is kept); its output at row i, column k is
+    the mass of row i on group k, and each row keeps its own group's column.
+  Per-layer results go to a collector passed through the model's keyword arguments.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from cattune.schemas import ConfigError
@@ -56,7 +59,13 @@ class MassCollector:
         return self.total / self.count
 
 
-def _group_mass(
+ROWS_PER_HEAD_DIM = 4
+"""Rows with a causal set are scored explicitly when there are at most this many per head
+dimension (the [B, H, rows, T] scores then take at most 4x the memory of one hidden-state
+tensor); beyond that the indicator columns go through SDPA over all rows."""
+
+
+def _indicator_mass(
     module: torch.nn.Module,
     query: Tensor,
     key: Tensor,
@@ -65,13 +74,11 @@ def _group_mass(
     is_causal: bool | None,
     mask: CausalMask,
 ) -> Tensor:
-    """[B, T] head-mean attention mass of each row on its own group's columns."""
+    """[B, T] mass through SDPA whose values are the groups' indicator columns (all rows)."""
     batch, _, seq_len, head_dim = query.shape
     kv_heads = key.shape[1]
     cols = mask.group_cols.to(device=query.device, dtype=query.dtype)
     n_groups = cols.shape[1]
-    if n_groups == 0:
-        return query.new_zeros(batch, seq_len)
     per_group = []
     for start in range(0, n_groups, head_dim):
         chunk = cols[:, start : start + head_dim].transpose(1, 2)  # [B, T, <=D]
@@ -86,6 +93,63 @@ def _group_mass(
     row_group = mask.row_group.to(query.device)
     picked = torch.gather(mass, 2, row_group.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     return picked * (row_group >= 0)
+
+
+def _selected_rows_mass(
+    query: Tensor,
+    key: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None,
+    mask: CausalMask,
+    n_rows: int,
+) -> Tensor:
+    """[B, T] mass from explicit scores of only the rows that have a causal set ([B, H, R, T])."""
+    batch, heads, seq_len, head_dim = query.shape
+    row_group = mask.row_group.to(query.device)
+    has_set = row_group >= 0
+    order = torch.argsort((~has_set).to(torch.int8), dim=1, stable=True)[:, :n_rows]  # [B, R]
+    keep = has_set.gather(1, order)
+    q = query.gather(2, order[:, None, :, None].expand(batch, heads, n_rows, head_dim))
+    k = repeat_kv(key, heads // key.shape[1])
+    scale = scaling if scaling is not None else head_dim**-0.5
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, R, T]
+    if attention_mask is None:
+        visible = torch.arange(seq_len, device=query.device) <= order.unsqueeze(-1)
+        scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
+    else:
+        rows = attention_mask.expand(batch, -1, -1, -1).gather(
+            2, order[:, None, :, None].expand(batch, attention_mask.shape[1], n_rows, seq_len)
+        )
+        scores = (
+            scores.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else scores + rows
+        )
+    scores = torch.where(keep[:, None, :, None], scores, 0.0)  # padded slots: never all -inf
+    probs = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    groups = row_group.gather(1, order).clamp_min(0)
+    cols = mask.group_cols.to(device=query.device, dtype=probs.dtype)
+    row_cols = cols.gather(1, groups.unsqueeze(-1).expand(batch, n_rows, seq_len))  # [B, R, T]
+    picked = (probs * row_cols.unsqueeze(1)).sum(-1).mean(1)  # [B, R]
+    picked = torch.where(keep, picked, 0.0).to(query.dtype)
+    return query.new_zeros(batch, seq_len).scatter(1, order, picked)
+
+
+def _group_mass(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None,
+    is_causal: bool | None,
+    mask: CausalMask,
+) -> Tensor:
+    """[B, T] head-mean attention mass of each row on its own group's columns."""
+    batch, _, seq_len, head_dim = query.shape
+    if mask.group_cols.shape[1] == 0:
+        return query.new_zeros(batch, seq_len)
+    n_rows = int((mask.row_group >= 0).sum(1).max())
+    if n_rows <= ROWS_PER_HEAD_DIM * head_dim:
+        return _selected_rows_mass(query, key, attention_mask, scaling, mask, n_rows)
+    return _indicator_mass(module, query, key, attention_mask, scaling, is_causal, mask)
 
 
 def cat_attention_forward(
