@@ -178,3 +178,89 @@ def files_containing(root: Path, needle: str) -> list[Path]:
             if data in path.read_bytes():
                 found.append(path)
     return found
+
+
+def batch_rows(tag: str, batch: int, size: int) -> list[AnnotatedExample]:
+    """Rows of one write: ``size`` new rows tagged ``tag-batch``, each with one relation."""
+    from cattune.schemas import Annotation, Meta, Relation, Span
+
+    rows = []
+    for i in range(size):
+        prompt = f"Writer {tag} batch {batch} row {i}. Smoking: {i % 9 + 1}. Answer: "
+        example = Example.create(
+            prompt,
+            "Low Risk",
+            Meta(source="rel", extra={"batch": f"{tag}-{batch}", "size": str(size)}),
+        )
+        cause = prompt.index("Smoking")
+        rows.append(
+            AnnotatedExample(
+                **example.model_dump(),
+                relations=[
+                    Relation(
+                        effect=Span(start=len(prompt), end=len(prompt) + 8),
+                        causes=[Span(start=cause, end=cause + 10)],
+                    )
+                ],
+                annotation=Annotation(annotator="rel", annotator_version="1", config_hash=tag),
+            )
+        )
+    return rows
+
+
+def batch_failures(tag: str, batch: int) -> list[QuarantinedExample]:
+    from cattune.schemas import Annotation
+
+    example = Example.create(f"Writer {tag} batch {batch} failed row.", "?")
+    return [
+        QuarantinedExample(
+            **example.model_dump(),
+            annotation=Annotation(annotator="rel", annotator_version="1", config_hash=tag),
+            error="scripted failure",
+            retryable=True,
+        )
+    ]
+
+
+def store_writer(root: str, name: str, tag: str, batches: int, size: int, done: Any) -> None:
+    """A child process: ``batches`` writes through the store API the flow uses.
+
+    Each write holds a new batch plus the previous batch again (an upsert of unchanged ids) and
+    one quarantined row; ``done`` (a shared counter) counts finished writes.
+    """
+    from cattune.pipeline.store import DatasetStore, Lineage
+
+    store = DatasetStore(root, max_retries=30)
+    for batch in range(batches):
+        rows = batch_rows(tag, batch, size)
+        if batch:
+            rows += batch_rows(tag, batch - 1, size)
+        store.write(name, rows, batch_failures(tag, batch), Lineage(write_id=f"{tag}-{batch}"))
+        with done.get_lock():
+            done.value += 1
+
+
+def check_store(root: str, name: str, since: int = 0) -> dict[str, int]:
+    """Every version (from ``since``) opens and reads; none holds duplicate ids or partial batches.
+
+    Returns {batch tag: rows} of the latest version.
+    """
+    from cattune.pipeline.store import DatasetStore
+
+    store = DatasetStore(root)
+    history = store.history(name)
+    assert [c.version for c in history] == list(range(len(history))), "non-linear history"
+    latest: dict[str, int] = {}
+    for commit in history[since:]:
+        rows = store.read(name, commit.version)
+        ids = [r.id for r in rows]
+        assert len(ids) == len(set(ids)), f"duplicate ids in version {commit.version}"
+        batches: dict[str, int] = {}
+        for row in rows:
+            assert_valid_relations(row)
+            batches[row.meta.extra["batch"]] = batches.get(row.meta.extra["batch"], 0) + 1
+        sizes = {row.meta.extra["batch"]: int(row.meta.extra["size"]) for row in rows}
+        assert batches == sizes, f"partial batch in version {commit.version}"
+        latest = batches
+    store.quarantine(name)
+    return latest
