@@ -4,7 +4,9 @@ A Llama-architecture model (4 layers, hidden 256, 8 heads, random init, float32)
 training steps (forward + backward + AdamW step):
 
 - `sdpa`      plain fine-tuning, LM loss only, SDPA attention (the baseline)
-- `efficient` LM loss + Re-Attention loss, causal mass via SDPA with indicator columns
+- `efficient` LM loss + Re-Attention loss, memory-efficient causal mass (default choice of path)
+- `indicator` the same, forced onto the SDPA indicator-column path (used when many rows have a
+              causal set)
 - `eager`     LM loss + Re-Attention loss, eager attention with output_attentions=True
 
 Each configuration runs in a fresh subprocess. Wall time and process CPU time (all threads; less
@@ -27,7 +29,7 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ("sdpa", "efficient", "eager")
+CONFIGS = ("sdpa", "efficient", "indicator", "eager")
 
 
 def _status_kb(field: str) -> int:
@@ -48,6 +50,7 @@ def worker(args: argparse.Namespace) -> None:
     from _common import random_rects
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from cattune.training import attention
     from cattune.training.attention import causal_mass
     from cattune.training.loss import reattention_loss
     from cattune.training.mask import pack_masks
@@ -72,12 +75,16 @@ def worker(args: argparse.Namespace) -> None:
     am = torch.ones(batch, seq_len, dtype=torch.long)
     mask = pack_masks(random_rects(batch, seq_len, relations=args.relations), seq_len)
 
+    implementation = "eager" if args.worker == "eager" else "efficient"
+    if args.worker == "indicator":
+        attention.ROWS_PER_HEAD_DIM = 0
+
     def step() -> None:
         if args.worker == "sdpa":
             loss = model(input_ids=ids, attention_mask=am, labels=ids).loss
         else:
             outputs, mass = causal_mass(
-                model, ids, am, mask, implementation=args.worker, labels=ids
+                model, ids, am, mask, implementation=implementation, labels=ids
             )
             loss = outputs.loss + reattention_loss(mass, mask, am).loss
             del outputs, mass  # as a trainer does: the logits are not kept through backward
@@ -101,6 +108,7 @@ def worker(args: argparse.Namespace) -> None:
         "cpu_s": statistics.median(cpu_times),
         "peak_mb": statistics.median(peaks) / 1024,
         "groups": int(mask.group_cols.shape[1]),
+        "rows": int((mask.row_group >= 0).sum(1).max()),
     }
     print(json.dumps(result))
 
@@ -149,7 +157,7 @@ def main() -> None:
             rows.append(
                 [seq_len, config, f"{r['time_s'] * 1e3:.0f} ms", _ratio(r, base, "time_s"),
                  f"{r['cpu_s'] * 1e3:.0f} ms", _ratio(r, base, "cpu_s"),
-                 f"{r['peak_mb']:.0f} MB", _ratio(r, base, "peak_mb"), r["groups"]]
+                 f"{r['peak_mb']:.0f} MB", _ratio(r, base, "peak_mb"), r["rows"], r["groups"]]
             )  # fmt: skip
     print(
         f"One training step (forward + backward + AdamW), Llama 4 layers / hidden 256 / 8 heads, "
@@ -160,7 +168,7 @@ def main() -> None:
     )
     print(f"Machine: {machine()}\n")
     header = ["T", "config", "wall/step", "vs sdpa", "CPU/step", "vs sdpa", "peak mem", "vs sdpa"]
-    header.append("mask groups")
+    header += ["causal rows", "mask groups"]
     print(markdown_table(header, rows))
 
 
