@@ -82,7 +82,7 @@ def annotator(server: ScriptedChatServer, tmp_path: Path, **options: Any) -> LLM
         "base_url": server.base_url,
         "api_key": SecretStr(CANARY),
         "cache": tmp_path / "llm.sqlite",
-        "timeout": 0.5,
+        "timeout": 2.0,  # only the hang test waits for a timeout; it sets its own
         "max_retries": 2,
         "backoff": 0.01,
         "max_backoff": 0.05,
@@ -241,7 +241,7 @@ def test_hang_past_timeout_is_retried_then_quarantined_as_retryable(tmp_path: Pa
         return Reply.hang(30) if "Row 1." in data_text(request) else Reply.completion(GOOD)
 
     with ScriptedChatServer(respond) as server:
-        llm = annotator(server, tmp_path, timeout=0.3, max_retries=1)
+        llm = annotator(server, tmp_path, timeout=0.5, max_retries=1)
         ok, hung = llm.annotate([example(0), example(1)])
     assert isinstance(ok, AnnotatedExample)
     assert isinstance(hung, QuarantinedExample)
