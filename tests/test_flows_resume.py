@@ -214,8 +214,13 @@ def test_llm_shards_obey_the_tag_concurrency_limit(prefect_harness: None, tmp_pa
     slow = lambda request, attempt: Reply(  # noqa: E731
         content=script(request, attempt).content, delay=1.5
     )
+    from prefect.concurrency import services
+
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=LLM_TAG, concurrency_limit=1)
+    # Prefect remembers "this tag has no limit" for 5 s per process; earlier LLM flows in this
+    # session would otherwise run this one unlimited.
+    services._no_limits_cache.clear()
     try:
         with ScriptedChatServer(slow) as server:
             options = {
