@@ -320,3 +320,19 @@ def test_offsets_array_shape_is_accepted() -> None:
     offsets = np.array([[0, 0], [0, 3], [3, 5]])
     assert char_span_to_tokens(offsets, 1, 4) == (1, 3)
     assert char_span_to_tokens(offsets, 5, 6) is None
+
+
+def test_reference_rows_map_to_rectangles_on_the_completion(reference_data: Path) -> None:
+    from cattune.pipeline.convert import convert_source
+
+    rows, _ = convert_source(reference_data / "STG" / "spurious_token_game_train3_S.jsonl")
+    rows = rows[:40]
+    tokenizer = build_tokenizer([r.prompt + r.completion for r in rows], vocab_size=400)
+    data = encode_rows(tokenizer, rows)
+    assert data.rows_with_relations == len(rows) and data.dropped_spans == 0
+    for row, item in zip(rows, data.items, strict=True):
+        n_prompt = len(prompt_ids(tokenizer, row.prompt))
+        rows_covered = {r for r0, r1, _, _ in item.rects for r in range(r0, r1)}
+        # the effect is the answer ("High Risk"): its rows start at the last prompt token
+        assert min(rows_covered) == n_prompt - 1
+        assert all(c1 <= n_prompt for _, _, _, c1 in item.rects)  # causes lie in the prompt

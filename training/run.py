@@ -149,6 +149,7 @@ def train(options: TrainOptions) -> dict[str, Any]:
     from cattune.training.tiny import build_tiny_model, load_model, load_tokenizer
     from cattune.training.trainer import CATTrainer
 
+    _quiet_transformers(options.progress)
     rows = _training_rows(options)
     eval_rows = _eval_rows(options)
     out = Path(options.out)
@@ -248,6 +249,14 @@ def train(options: TrainOptions) -> dict[str, Any]:
     return metrics
 
 
+def _quiet_transformers(progress: bool) -> None:
+    """Without progress bars, transformers' own (loading/saving weights) go too."""
+    from transformers.utils import logging as hf_logging
+
+    if not progress:
+        hf_logging.disable_progress_bar()
+
+
 def _first_last(history: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
     found: dict[str, float] = {}
     for key in keys:
@@ -275,6 +284,7 @@ def evaluate_model(options: EvalOptions) -> dict[str, Any]:
     from cattune.training.evaluate import evaluate_rows, write_results
     from cattune.training.tiny import load_model, load_tokenizer
 
+    _quiet_transformers(options.progress)
     tokenizer = load_tokenizer(options.model)
     model = load_model(options.model)
     rows: list[AnnotatedExample] = []

@@ -93,8 +93,9 @@ def _print_summary(console, out: str, metrics: dict) -> None:
     table = Table(title=f"cattune train ({metrics['mode']})", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("rows", "steps", "first_lm_loss", "last_lm_loss", "first_causal_ratio",
-                "last_causal_ratio"):  # fmt: skip
+    keys = ("rows", "steps", "train_loss", "first_lm_loss", "last_lm_loss",
+            "first_causal_ratio", "last_causal_ratio")  # fmt: skip
+    for key in keys:
         if key in metrics["train"]:
             table.add_row(key, f"{metrics['train'][key]:.4g}")
     for name, split in metrics.get("eval", {}).get("splits", {}).items():
