@@ -277,3 +277,20 @@ def test_racing_creators_never_duplicate_ids(tmp_path: Path) -> None:
             ids = [r.id for r in store.read(name, version)]
             assert len(ids) == len(set(ids)), (name, version)
         assert len(store.read(name)) == 15
+
+
+def test_all_rows_quarantined_still_makes_a_version(store: DatasetStore) -> None:
+    result = store.write("allbad", [], [failed(1)], Lineage(annotator="test", rows_skipped=2))
+    assert (result.version, result.committed, result.quarantined) == (0, True, 1)
+    assert store.read("allbad") == []
+    assert store.history("allbad")[0].lineage.rows_quarantined == 1
+
+
+def test_default_root_is_under_cattune_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CATTUNE_HOME", str(tmp_path / "home"))
+    store = DatasetStore()
+    assert store.root == str(tmp_path / "home" / "store")
+    store.write("d", [row(0)])
+    assert (tmp_path / "home" / "store" / "d" / "rows" / "_delta_log").is_dir()
