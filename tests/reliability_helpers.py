@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import re
+import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,12 @@ class FaultScript:
         self.rate = rate
         self.hang = hang
         self.retry_after = retry_after
+        self.played: Counter[str] = Counter()  # replies sent, by fault class ("ok", "poison")
+        self._lock = threading.Lock()
+
+    def _play(self, kind: str) -> None:
+        with self._lock:
+            self.played[kind] += 1
 
     def fault(self, text: str, attempt: int, repair: bool) -> str | None:
         if _unit(self.seed, "rate", text, attempt, repair) >= self.rate:
@@ -103,8 +111,10 @@ class FaultScript:
         text = request_text(request)
         repair = is_repair(request)
         if is_poison(row_of(text)):
+            self._play("poison")
             return Reply.completion('{"relations": [{"effect": "Low Risk", "causes": ["Pizza"]}]}')
         kind = self.fault(text, attempt, repair)
+        self._play(kind or "ok")
         if kind == "429":
             return Reply.error(429, retry_after=self.retry_after)
         if kind == "500":

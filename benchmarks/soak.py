@@ -1,0 +1,162 @@
+"""Soak: 20,000 rows through the annotate flow while the LLM endpoint fails ~30% of requests.
+
+Runs the real Prefect flow (ephemeral local server) with the LLM annotator against the scripted
+chat server of the reliability suite (``tests/reliability_helpers.py``: 429 + Retry-After, 500,
+connection reset, hang past the timeout, invalid JSON body, phrases not in the text, prose
+instead of JSON, plus poison rows that never get a usable reply). Then re-runs the flow with the
+faults off and checks it asked only for the rows quarantined as retryable. Prints rows/s, the
+quarantine rate, RSS over time and the replies sent per fault class; exits 1 if counts do not add
+up.
+
+    python benchmarks/soak.py [--rows 20000] [--rate 0.3] [--shard-size 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from reliability_helpers import (  # noqa: E402 - after the path and Prefect settings
+    CANARY,
+    PACK,
+    FaultScript,
+    files_containing,
+    llm_options,
+    request_text,
+    source_rows,
+    write_jsonl,
+)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, every: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.every = every
+        self.samples: list[tuple[float, float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.stop.is_set():
+            self.samples.append((time.monotonic() - start, rss_mb()))
+            self.stop.wait(self.every)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=0.3)
+    parser.add_argument("--shard-size", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=2026)
+    args = parser.parse_args()
+
+    from cattune.annotators.scripted_server import ScriptedChatServer
+    from cattune.flows.annotate import annotate_flow
+    from cattune.pipeline.store import DatasetStore
+
+    os.environ["CATTUNE_REL_KEY"] = CANARY
+    work = Path(tempfile.mkdtemp(prefix="cattune-soak-"))
+    source = write_jsonl(work / "rows.jsonl", source_rows(args.rows))
+    store_root = str(work / "store")
+    script = FaultScript(seed=args.seed, rate=args.rate, hang=4.0)
+    print(f"soak: {args.rows} rows, fault rate {args.rate}, work dir {work}", flush=True)
+
+    warm = time.monotonic()
+    from prefect import flow
+
+    flow(lambda: None, name="warm-up")()  # the ephemeral server's cold start is not the soak
+    print(f"prefect ephemeral server ready in {time.monotonic() - warm:.1f} s", flush=True)
+
+    sampler = RssSampler()
+    rss_start = rss_mb()
+    sampler.start()
+    with ScriptedChatServer(script) as server:
+        options = llm_options(server, work / "llm.sqlite", timeout=1.0, concurrency=32)
+        started = time.monotonic()
+        summary = annotate_flow(
+            str(source), "soak", "llm", PACK, options, store=store_root, shard_size=args.shard_size
+        )
+        elapsed = time.monotonic() - started
+        requests = server.request_count
+    sampler.stop.set()
+    sampler.join()
+
+    store = DatasetStore(store_root)
+    rows = store.read("soak")
+    quarantine = store.quarantine("soak")
+    retryable = [q for q in quarantine if q.retryable]
+    problems = []
+    if summary.rows_annotated + summary.rows_quarantined != args.rows:
+        problems.append("annotated + quarantined != rows read")
+    if len(rows) != len({r.id for r in rows}) or len(rows) != summary.rows_annotated:
+        problems.append("dataset rows do not match the summary")
+    if len(rows) + len(quarantine) != args.rows:
+        problems.append("dataset + quarantine != rows read")
+
+    with ScriptedChatServer(FaultScript(seed=args.seed + 1, rate=0.0)) as server:
+        options = llm_options(server, work / "llm.sqlite", timeout=10.0, concurrency=32)
+        again = annotate_flow(
+            str(source), "soak", "llm", PACK, options, store=store_root, shard_size=args.shard_size
+        )
+        asked = {request_text(r.body) for r in server.requests}
+    if asked != {q.text for q in retryable}:
+        problems.append("the re-run did not ask for exactly the retryable rows")
+    if again.rows_annotated != len(retryable):
+        problems.append("the re-run did not annotate every retryable row")
+    leaks = files_containing(work, CANARY)
+    if leaks:
+        problems.append(f"the API key appears in {leaks}")
+
+    peak = max(mb for _, mb in sampler.samples)
+    end = sampler.samples[-1][1]
+    reasons: dict[str, int] = {}
+    for q in quarantine:
+        key = q.error.split(";")[0].split(":")[0][:60]
+        reasons[key] = reasons.get(key, 0) + 1
+    report = {
+        "rows": args.rows,
+        "fault_rate": args.rate,
+        "seconds": round(elapsed, 1),
+        "rows_per_second": round(args.rows / elapsed, 1),
+        "requests": requests,
+        "annotated": summary.rows_annotated,
+        "quarantined": summary.rows_quarantined,
+        "quarantine_rate": round(summary.rows_quarantined / args.rows, 4),
+        "retryable": len(retryable),
+        "final": len(quarantine) - len(retryable),
+        "rerun_requests_for_rows": len(asked),
+        "rerun_annotated": again.rows_annotated,
+        "rss_mb": {"start": round(rss_start, 1), "peak": round(peak, 1), "end": round(end, 1)},
+        "rss_timeline_mb": [
+            round(mb) for _, mb in sampler.samples[:: max(1, len(sampler.samples) // 12)]
+        ],
+        "replies_by_fault_class": dict(script.played.most_common()),
+        "quarantine_reasons": reasons,
+        "problems": problems,
+    }
+    print(json.dumps(report, indent=2))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
