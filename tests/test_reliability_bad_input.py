@@ -240,11 +240,12 @@ def test_hundred_thousand_rows_with_duplicate_texts_through_the_flow(
     assert summary.rows_read == 100_000
     assert summary.rows_malformed == 1
     assert summary.rows_annotated + summary.rows_quarantined - summary.rows_malformed == distinct
-    duplicates = getattr(summary, "rows_duplicate", None)
-    if duplicates is None:
-        pytest.xfail("AnnotateSummary does not report duplicate rows (finding REL-2)")
+    assert summary.rows_duplicate == 100_000 - 1 - distinct
     accounted = (
-        summary.rows_annotated + summary.rows_quarantined + summary.rows_skipped + duplicates
+        summary.rows_annotated
+        + summary.rows_quarantined
+        + summary.rows_skipped
+        + summary.rows_duplicate
     )
     assert accounted == summary.rows_read
 
@@ -257,7 +258,6 @@ def _edit_manifest(release: Path, edit: dict) -> None:
     path.write_text(json.dumps(manifest))
 
 
-@pytest.mark.xfail(strict=True, reason="finding REL-3: manifest paths may leave the release")
 def test_manifest_paths_cannot_point_outside_the_release(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -272,7 +272,23 @@ def test_manifest_paths_cannot_point_outside_the_release(
     assert_user_error(code, err, "outside")
 
 
-@pytest.mark.xfail(strict=True, reason="finding REL-4: manifest row counts are not checked")
+@pytest.mark.xfail(strict=True, reason="finding REL-3b: ReleaseManifest.problems() skips paths")
+def test_training_reader_refuses_manifest_paths_outside_the_release(tmp_path: Path) -> None:
+    """Training checks releases with ``ReleaseManifest.problems()``, not ``verify_release``."""
+    from cattune.schemas import StoreError
+    from cattune.training.release_io import read_manifest
+
+    release = _release(tmp_path)
+    [data] = sorted((release / "data").glob("*.parquet"))
+    outside = tmp_path / "outside.parquet"
+    outside.write_bytes(data.read_bytes())
+    _edit_manifest(release, {"path": str(outside)})
+    (release / "data").chmod(0o755)
+    data.unlink()
+    with pytest.raises(StoreError):
+        read_manifest(release)
+
+
 def test_manifest_row_counts_are_checked(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
