@@ -17,7 +17,7 @@ import re
 import shutil
 import stat
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -137,16 +137,6 @@ def load_manifest(release_dir: str | Path) -> ReleaseManifest:
         raise StoreError(f"{path} is not a valid release manifest: {error}") from None
 
 
-def _outside(manifest: ReleaseManifest) -> list[str]:
-    """Manifest paths that do not name a file under the release's ``data/`` directory."""
-    found = []
-    for item in manifest.files:
-        parts = PurePosixPath(item.path).parts
-        if "\\" in item.path or len(parts) < 2 or parts[0] != "data" or ".." in parts:
-            found.append(f"manifest path {item.path!r} points outside the release's data/")
-    return found
-
-
 def _row_counts(manifest: ReleaseManifest, root: Path) -> list[str]:
     """Rows per file (from the Parquet footers) and per split against the manifest."""
     found = []
@@ -174,11 +164,9 @@ def verify_release(release_dir: str | Path) -> ReleaseManifest:
     file is unlisted, and the row counts (per file and per split) agree with the Parquet files.
     """
     manifest = load_manifest(release_dir)
-    problems = _outside(manifest)
+    problems = manifest.problems(release_dir)
     if not problems:
-        problems = manifest.problems(release_dir)
-        if not problems:
-            problems = _row_counts(manifest, Path(release_dir))
+        problems = _row_counts(manifest, Path(release_dir))
     if problems:
         raise StoreError(
             f"release {release_dir} does not match its manifest: " + "; ".join(problems)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,10 @@ class ReleaseManifest(BaseModel):
         root = Path(release_dir)
         found: list[str] = []
         for item in self.files:
+            parts = PurePosixPath(item.path).parts
+            if "\\" in item.path or len(parts) < 2 or parts[0] != "data" or ".." in parts:
+                found.append(f"manifest path {item.path!r} points outside the release's data/")
+                continue
             path = root / item.path
             if not path.is_file():
                 found.append(f"missing file {item.path}")

@@ -21,6 +21,8 @@ from cattune.schemas import (
     Meta,
     QuarantinedExample,
     Relation,
+    ReleaseFile,
+    ReleaseManifest,
     Span,
     example_id,
     from_table,
@@ -122,3 +124,18 @@ def test_spans_must_lie_inside_the_text() -> None:
             relations=[Relation(effect=Span(start=1, end=9), causes=[Span(start=0, end=1)])],
             annotation=ANNOTATION,
         )
+
+
+@pytest.mark.parametrize(
+    "bad", ["../outside.parquet", "data/../../x.parquet", "x.parquet", "data\\x"]
+)
+def test_manifest_paths_must_stay_inside_the_release_data_folder(tmp_path: Path, bad: str) -> None:
+    manifest = ReleaseManifest(
+        dataset="d",
+        version=0,
+        rows_per_split={"train": 1},
+        files=[ReleaseFile(path=bad, split="train", rows=1, sha256="0" * 64, bytes=1)],
+    )
+    assert manifest.problems(tmp_path) == [
+        f"manifest path {bad!r} points outside the release's data/"
+    ]
