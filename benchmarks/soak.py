@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -62,6 +64,38 @@ class RssSampler(threading.Thread):
             self.stop.wait(self.every)
 
 
+def serve(script: FaultScript, conn: Any) -> None:
+    """Child process: run the scripted server until told to stop, then report what it saw.
+
+    The server records every request body; in its own process that memory does not count
+    against the flow's RSS.
+    """
+    from cattune.annotators.scripted_server import ScriptedChatServer
+
+    with ScriptedChatServer(script) as server:
+        conn.send(server.base_url)
+        conn.recv()
+        texts = [request_text(r.body) for r in server.requests]
+        conn.send((len(texts), set(texts), dict(script.played)))
+
+
+class ServerProcess:
+    """A scripted server in a forked child; start it before any thread exists in this process."""
+
+    def __init__(self, script: FaultScript) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=serve, args=(script, child), daemon=True)
+        self.process.start()
+        self.base_url: str = self.conn.recv()
+
+    def finish(self) -> tuple[int, set[str], dict[str, int]]:
+        self.conn.send("stop")
+        result = self.conn.recv()
+        self.process.join(30)
+        return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
@@ -70,7 +104,6 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
 
-    from cattune.annotators.scripted_server import ScriptedChatServer
     from cattune.flows.annotate import annotate_flow
     from cattune.pipeline.store import DatasetStore
 
@@ -80,6 +113,8 @@ def main() -> int:
     store_root = str(work / "store")
     script = FaultScript(seed=args.seed, rate=args.rate, hang=4.0)
     print(f"soak: {args.rows} rows, fault rate {args.rate}, work dir {work}", flush=True)
+    faulty = ServerProcess(script)
+    clean = ServerProcess(FaultScript(seed=args.seed + 1, rate=0.0))
 
     warm = time.monotonic()
     from prefect import flow
@@ -90,14 +125,13 @@ def main() -> int:
     sampler = RssSampler()
     rss_start = rss_mb()
     sampler.start()
-    with ScriptedChatServer(script) as server:
-        options = llm_options(server, work / "llm.sqlite", timeout=1.0, concurrency=32)
-        started = time.monotonic()
-        summary = annotate_flow(
-            str(source), "soak", "llm", PACK, options, store=store_root, shard_size=args.shard_size
-        )
-        elapsed = time.monotonic() - started
-        requests = server.request_count
+    options = llm_options(faulty, work / "llm.sqlite", timeout=1.0, concurrency=32)
+    started = time.monotonic()
+    summary = annotate_flow(
+        str(source), "soak", "llm", PACK, options, store=store_root, shard_size=args.shard_size
+    )
+    elapsed = time.monotonic() - started
+    requests, _, played = faulty.finish()
     sampler.stop.set()
     sampler.join()
 
@@ -113,12 +147,11 @@ def main() -> int:
     if len(rows) + len(quarantine) != args.rows:
         problems.append("dataset + quarantine != rows read")
 
-    with ScriptedChatServer(FaultScript(seed=args.seed + 1, rate=0.0)) as server:
-        options = llm_options(server, work / "llm.sqlite", timeout=10.0, concurrency=32)
-        again = annotate_flow(
-            str(source), "soak", "llm", PACK, options, store=store_root, shard_size=args.shard_size
-        )
-        asked = {request_text(r.body) for r in server.requests}
+    options = llm_options(clean, work / "llm.sqlite", timeout=10.0, concurrency=32)
+    again = annotate_flow(
+        str(source), "soak", "llm", PACK, options, store=store_root, shard_size=args.shard_size
+    )
+    _, asked, _ = clean.finish()
     if asked != {q.text for q in retryable}:
         problems.append("the re-run did not ask for exactly the retryable rows")
     if again.rows_annotated != len(retryable):
@@ -150,7 +183,7 @@ def main() -> int:
         "rss_timeline_mb": [
             round(mb) for _, mb in sampler.samples[:: max(1, len(sampler.samples) // 12)]
         ],
-        "replies_by_fault_class": dict(script.played.most_common()),
+        "replies_by_fault_class": dict(sorted(played.items(), key=lambda kv: -kv[1])),
         "quarantine_reasons": reasons,
         "problems": problems,
     }

@@ -16,7 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import SecretStr
 
@@ -134,7 +134,12 @@ class FaultScript:
         return Reply.completion(correct_reply(text))
 
 
-def llm_options(server: ScriptedChatServer, cache: Path | None, **extra: Any) -> dict[str, Any]:
+class HasBaseUrl(Protocol):
+    @property
+    def base_url(self) -> str: ...
+
+
+def llm_options(server: HasBaseUrl, cache: Path | None, **extra: Any) -> dict[str, Any]:
     """Fast-failing LLM annotator options for fault runs (the key comes from the environment)."""
     options: dict[str, Any] = {
         "model": "scripted",

@@ -272,7 +272,6 @@ def test_manifest_paths_cannot_point_outside_the_release(
     assert_user_error(code, err, "outside")
 
 
-@pytest.mark.xfail(strict=True, reason="finding REL-3b: ReleaseManifest.problems() skips paths")
 def test_training_reader_refuses_manifest_paths_outside_the_release(tmp_path: Path) -> None:
     """Training checks releases with ``ReleaseManifest.problems()``, not ``verify_release``."""
     from cattune.schemas import StoreError
