@@ -289,6 +289,7 @@ def run_dataset_mode(args: argparse.Namespace) -> int:
     """Run the annotate flow: incremental, sharded (--batch-size rows a shard), one commit."""
     from cattune.annotators.registry import get_annotator
     from cattune.pipeline.names import validate_name
+    from cattune.pipeline.sources import read_source
     from cattune.schemas import InputError
 
     validate_name(args.dataset)
@@ -298,6 +299,16 @@ def run_dataset_mode(args: argparse.Namespace) -> int:
         raise InputError("no such file or directory; check the path", path=args.source)
     options = annotator_options(args)
     get_annotator(args.annotator, pack=args.pack, **options)  # configuration errors before Prefect
+    # Whole-file problems (empty, binary, no usable columns) surface at the first row: report
+    # them here in one line, not from inside the flow, where Prefect logs them with tracebacks.
+    rows = read_source(
+        args.source,
+        format=args.format,
+        prompt_field=args.prompt_field,
+        completion_field=args.completion_field,
+    )
+    next(rows, None)
+    del rows  # closes the file
 
     from cattune.flows.annotate import configured_flow
 
