@@ -81,6 +81,23 @@ def test_unreadable_files_give_one_line_errors(
     assert not (tmp_path / "o.parquet").exists()
 
 
+@pytest.mark.parametrize("name", ["empty.jsonl", "binary.jsonl"])
+def test_dataset_mode_reports_unreadable_files_before_prefect_starts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str
+) -> None:
+    """Raised inside the flow, these errors came with two Prefect tracebacks on stderr."""
+    source = BAD / name
+    if name == "binary.jsonl":
+        source = tmp_path / name
+        source.write_bytes(bytes(range(256)) * 40)
+    store = tmp_path / "store"
+    code, _, err = run_cli(
+        capsys, "annotate", str(source), "--dataset", "d", "--store", str(store), "--pack", PACK
+    )
+    assert_user_error(code, err, name)
+    assert not store.exists()
+
+
 @pytest.mark.parametrize(
     ("name", "flags", "malformed"),
     [
