@@ -1,0 +1,338 @@
+"""The CAT paper's STG experiment reproduced on CPU with tiny models: baseline vs CAT, IID vs OOD.
+
+For each variant (stg, stg_h) x data source (the authors' files, or cattune's generator) x seed,
+a tiny Llama is trained from scratch twice on the same rows with the same seed and the same
+number of steps, once with the LM loss only (baseline) and once with LM + Re-Attention loss
+(CAT), using the gold relations (the authors' ``important`` field; the generator's gold). Both
+are evaluated by greedy exact match on the IID and the OOD test split; the causal-attention ratio
+a1/a0 is measured on the first training rows. Prints a Markdown table (mean +- std over seeds)
+and writes results.json.
+
+    python benchmarks/stg_reproduction.py [--variants stg,stg_h] [--sources authors,generated]
+        [--seeds 0,1,2] [--out DIR] [--jobs 2] [settings flags, see --help]
+
+Every run is one process with one torch thread; ``--jobs`` runs that many in parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+REFERENCE = Path(os.environ.get("CATTUNE_REFERENCE", "/work/shared/data/cat-reference"))
+AUTHOR_FILES = {
+    "stg": (
+        "STG/spurious_token_game_train3.jsonl",
+        "STG/spurious_token_game_test3.jsonl",
+        "STG/spurious_token_game_ood3_2.jsonl",
+    ),
+    "stg_h": (
+        "STG_H/STG_H_train.jsonl",
+        "STG_H/STG_H_iid_test.jsonl",
+        "STG_H/STG_H_ood_test.jsonl",
+    ),
+}
+SPLITS = ("train", "iid_test", "ood_test")
+MODES = ("baseline", "cat")
+VARIANTS = tuple(AUTHOR_FILES)
+SOURCES = ("authors", "generated")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides a run besides variant, source, seed and mode."""
+
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    vocab: int = 512
+    epochs: float = 3.0
+    lr: float = 3e-3
+    batch_size: int = 16
+    alpha: float = 2.0
+    loss_type: str = "div"
+    attn_weight: float = 1.0
+    decay: float = 1.0
+    cat_layers: tuple[int, ...] | None = None
+    n_train: int = 1600
+    n_test: int = 400
+    ratio_rows: int = 256
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Run:
+    variant: str
+    source: str
+    seed: int
+    mode: str
+    settings: Settings
+
+
+def load_splits(variant: str, source: str, seed: int, settings: Settings) -> dict[str, list]:
+    """train / iid_test / ood_test rows with gold relations (the authors' or the generator's)."""
+    if source == "generated":
+        from cattune.pipeline.stg import generate_stg
+
+        return generate_stg(variant, seed, settings.n_train, settings.n_test)  # type: ignore[arg-type]
+    from cattune.pipeline.convert import convert_source
+
+    splits: dict[str, list] = {}
+    for split, name in zip(SPLITS, AUTHOR_FILES[variant], strict=True):
+        rows, _ = convert_source(REFERENCE / name, format="cat")
+        limit = settings.n_train if split == "train" else settings.n_test
+        meta = {"split": split, "ood": split == "ood_test"}
+        splits[split] = [
+            r.model_copy(update={"meta": r.meta.model_copy(update=meta)}) for r in rows[:limit]
+        ]
+    return splits
+
+
+def run_one(run: Run, workdir: str | Path) -> dict[str, Any]:
+    """Train one tiny model (baseline or CAT) and evaluate it; returns its figures."""
+    import torch
+    from transformers import PrinterCallback, set_seed
+    from transformers.utils import logging as hf_logging
+
+    from cattune.training.config import CATConfig
+    from cattune.training.data import CATCollator, encode_rows
+    from cattune.training.evaluate import causal_ratio, evaluate_rows
+    from cattune.training.tiny import build_tiny_model, load_model, load_tokenizer
+    from cattune.training.trainer import CATTrainer
+
+    s = run.settings
+    torch.set_num_threads(s.threads)
+    hf_logging.set_verbosity_error()
+    started = time.perf_counter()
+    splits = load_splits(run.variant, run.source, run.seed, s)
+    train_rows = splits["train"]
+    model_dir = Path(workdir) / f"{run.variant}-{run.source}-{run.seed}-{run.mode}"
+    build_tiny_model(
+        [r.prompt + r.completion for r in train_rows],
+        model_dir,
+        layers=s.layers,
+        hidden=s.hidden,
+        heads=s.heads,
+        vocab_size=s.vocab,
+        seed=run.seed,
+    )
+    tokenizer = load_tokenizer(model_dir)
+    dataset = encode_rows(tokenizer, train_rows)
+    args = CATConfig(
+        output_dir=str(model_dir / "checkpoints"),
+        mode=run.mode,
+        alpha=s.alpha,
+        loss_type=s.loss_type,
+        attn_weight=s.attn_weight,
+        decay=s.decay,
+        cat_layers=list(s.cat_layers) if s.cat_layers is not None else None,
+        num_train_epochs=s.epochs,
+        learning_rate=s.lr,
+        per_device_train_batch_size=s.batch_size,
+        logging_steps=25,
+        seed=run.seed,
+        data_seed=run.seed,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=True,
+    )
+    set_seed(run.seed)
+    model = load_model(model_dir)
+    trainer = CATTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=CATCollator(tokenizer.pad_token_id),
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    trained = time.perf_counter()
+    model = trainer.model
+    test_rows = splits["iid_test"] + splits["ood_test"]
+    metrics, _ = evaluate_rows(model, tokenizer, test_rows, batch_size=64, progress=False)
+    ratio, _ = causal_ratio(model, tokenizer, train_rows[: s.ratio_rows], batch_size=64)
+    history = trainer.state.log_history
+    lm = [h["lm_loss"] for h in history if "lm_loss" in h]
+    return {
+        **{k: v for k, v in asdict(run).items() if k != "settings"},
+        "iid": metrics["splits"]["iid_test"]["accuracy"],
+        "ood": metrics["splits"]["ood_test"]["accuracy"],
+        "train_ratio": ratio,
+        "iid_ratio": metrics["splits"]["iid_test"]["causal_ratio"],
+        "ood_ratio": metrics["splits"]["ood_test"]["causal_ratio"],
+        "last_lm_loss": lm[-1] if lm else None,
+        "steps": trainer.state.global_step,
+        "train_seconds": round(trained - started, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _run_in_worker(run: Run, workdir: str) -> dict[str, Any]:
+    return run_one(run, workdir)
+
+
+def run_all(runs: list[Run], jobs: int, workdir: str | Path, log=print) -> list[dict[str, Any]]:
+    """Run every run, ``jobs`` processes at a time; logs one line per finished run."""
+    results: list[dict[str, Any]] = []
+    if jobs <= 1:
+        for run in runs:
+            results.append(run_one(run, workdir))
+            log(_line(results[-1]))
+        return results
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_run_in_worker, run, str(workdir)) for run in runs]
+        for future in futures:
+            results.append(future.result())
+            log(_line(results[-1]))
+    return results
+
+
+def _line(r: dict[str, Any]) -> str:
+    ratio = "-" if r["train_ratio"] is None else f"{r['train_ratio']:.2f}"
+    return (
+        f"{r['variant']}/{r['source']}/seed {r['seed']}/{r['mode']}: IID {r['iid']:.3f} "
+        f"OOD {r['ood']:.3f} ratio {ratio} ({r['steps']} steps, {r['seconds']} s)"
+    )
+
+
+def _mean_std(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant x source: mean/std of IID, OOD, ratio per mode and the paired OOD difference."""
+    groups: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
+    for r in results:
+        groups.setdefault((r["variant"], r["source"]), {}).setdefault(r["mode"], {})[r["seed"]] = r
+    summary = []
+    for (variant, source), by_mode in groups.items():
+        seeds = sorted(set(by_mode.get("baseline", {})) & set(by_mode.get("cat", {})))
+        if not seeds:
+            continue
+        row: dict[str, Any] = {"variant": variant, "source": source, "seeds": seeds}
+        for mode in MODES:
+            runs = [by_mode[mode][s] for s in seeds]
+            for key in ("iid", "ood"):
+                values = [r[key] for r in runs]
+                row[f"{mode}_{key}"] = statistics.fmean(values)
+                row[f"{mode}_{key}_text"] = _mean_std(values)
+            ratios = [r["train_ratio"] for r in runs if r["train_ratio"] is not None]
+            row[f"{mode}_ratio"] = statistics.fmean(ratios) if ratios else None
+        diffs = [by_mode["cat"][s]["ood"] - by_mode["baseline"][s]["ood"] for s in seeds]
+        row["ood_diff"] = statistics.fmean(diffs)
+        row["ood_diff_text"] = _mean_std(diffs)
+        row["cat_wins"] = sum(d > 0 for d in diffs)
+        summary.append(row)
+    return summary
+
+
+def markdown(summary: list[dict[str, Any]]) -> str:
+    header = [
+        "variant", "data", "seeds", "baseline IID", "CAT IID", "baseline OOD", "CAT OOD",
+        "OOD diff (CAT − base)", "CAT better", "ratio a1/a0 base → CAT",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in summary:
+        ratio = "-"
+        if r["baseline_ratio"] is not None and r["cat_ratio"] is not None:
+            ratio = f"{r['baseline_ratio']:.2f} → {r['cat_ratio']:.2f}"
+        cells = [
+            r["variant"], r["source"], str(len(r["seeds"])),
+            r["baseline_iid_text"], r["cat_iid_text"], r["baseline_ood_text"], r["cat_ood_text"],
+            r["ood_diff_text"], f"{r['cat_wins']}/{len(r['seeds'])}", ratio,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _csv(kind: type, text: str) -> list:
+    return [kind(part) for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", type=lambda t: _csv(str, t), default=["stg", "stg_h"])
+    parser.add_argument("--sources", type=lambda t: _csv(str, t), default=list(SOURCES))
+    parser.add_argument("--seeds", type=lambda t: _csv(int, t), default=[0, 1, 2])
+    parser.add_argument("--modes", type=lambda t: _csv(str, t), default=list(MODES))
+    parser.add_argument("--out", default="stg-reproduction")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
+    defaults = Settings()
+    for f in fields(Settings):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "cat_layers":
+            parser.add_argument(flag, type=lambda t: tuple(_csv(int, t)), default=None)
+        else:
+            parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=None)
+    args = parser.parse_args(argv)
+    for name in args.variants:
+        if name not in VARIANTS:
+            parser.error(f"unknown variant {name!r}; use {','.join(VARIANTS)}")
+    for name in args.sources:
+        if name not in SOURCES:
+            parser.error(f"unknown source {name!r}; use {','.join(SOURCES)}")
+    return args
+
+
+def settings_from(args: argparse.Namespace, base: Settings | None = None) -> Settings:
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(Settings)
+        if f.name != "extra" and getattr(args, f.name, None) is not None
+    }
+    return replace(base or Settings(), **given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [
+        Run(variant, source, seed, mode, settings)
+        for variant in args.variants
+        for source in args.sources
+        for seed in args.seeds
+        for mode in args.modes
+    ]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="stg-repro-") as workdir:
+        results = run_all(runs, args.jobs, workdir, log=lambda t: print(t, flush=True))
+    elapsed = time.perf_counter() - started
+    summary = summarise(results)
+    table = markdown(summary)
+    print()
+    print(table)
+    print(f"\n{len(runs)} runs in {elapsed / 60:.1f} min with --jobs {args.jobs}")
+    payload = {
+        "settings": {k: v for k, v in asdict(settings).items() if k != "extra"},
+        "argv": sys.argv[1:] if argv is None else argv,
+        "seconds": round(elapsed, 1),
+        "jobs": args.jobs,
+        "summary": summary,
+        "runs": results,
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    (out / "table.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
