@@ -29,6 +29,7 @@ from reliability_helpers import (
     CANARY,
     PACK,
     FaultScript,
+    batch_failures,
     batch_rows,
     check_store,
     llm_options,
@@ -195,3 +196,38 @@ def check_flow_store(root: str, rows: int) -> None:
         version = store.read("crashflow", commit.version)
         assert len(version) == len({r.id for r in version}) <= rows
     assert len(store.quarantine("crashflow")) <= rows
+
+
+def test_death_between_the_quarantine_and_the_rows_commit_is_recovered_by_a_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write is two commits (quarantine, then rows); dying between them loses nothing for good.
+
+    The resolved row may then be in neither table (finding REL-7), but it is not counted as done,
+    so the next run annotates it again.
+    """
+    from cattune.schemas import AnnotatedExample
+
+    store = DatasetStore(tmp_path / "store")
+    [failure] = batch_failures("t", 0)
+    store.write("d", batch_rows("t", 0, 3), [failure])
+    fields = failure.model_dump(exclude={"error", "raw_output", "retryable"})
+    resolved = AnnotatedExample(**fields)
+
+    real = DatasetStore._upsert
+
+    def die_before_rows(self: DatasetStore, name: str, kind: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kind == "rows":
+            raise KeyboardInterrupt("killed between the two commits")
+        return real(self, name, kind, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetStore, "_upsert", die_before_rows)
+    with pytest.raises(KeyboardInterrupt):
+        store.write("d", [resolved])
+    monkeypatch.undo()
+    check_store(str(tmp_path / "store"), "d")
+    config_hash = resolved.annotation.config_hash
+    assert resolved.id not in store.annotated_ids("d", config_hash, include_final_quarantine=True)
+    store.write("d", [resolved])
+    assert resolved.id in {r.id for r in store.read("d")}
+    assert resolved.id not in {q.id for q in store.quarantine("d")}
