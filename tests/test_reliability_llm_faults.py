@@ -48,9 +48,9 @@ def test_thousand_rows_under_faults_all_accounted_and_rerun_retries_only_transie
 ) -> None:
     inputs = examples(ROWS)
     store = DatasetStore(tmp_path / "store")
-    script = FaultScript(seed=7, rate=0.3, hang=1.5)
+    script = FaultScript(seed=7, rate=0.3, hang=2.0)
     with ScriptedChatServer(script) as server:
-        llm = llm_annotator(server, tmp_path / "llm.sqlite", timeout=0.5)
+        llm = llm_annotator(server, tmp_path / "llm.sqlite", timeout=1.0)
         results = llm.annotate(inputs)
         first_requests = server.request_count
     assert_accounted(inputs, results)

@@ -210,3 +210,26 @@ def test_llm_output_is_data_never_code_or_paths(
     store.write("data", [row])
     assert [p.name for p in (tmp_path / "store").iterdir()] == ["data"]
     assert not list(tmp_path.parent.rglob("PWNED"))
+
+
+def test_file_mode_cli_output_and_console_carry_no_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CATTUNE_REL_KEY", CANARY)
+    source = write_jsonl(tmp_path / "rows.jsonl", source_rows(30))
+    with ScriptedChatServer(LeakyScript()) as server:
+        argv = ["annotate", str(source), "--out", str(tmp_path / "out" / "o.parquet")]
+        argv += ["--annotator", "llm", "--pack", PACK, "--model", "scripted"]
+        argv += ["--base-url", server.base_url, "--api-key-env", "CATTUNE_REL_KEY"]
+        argv += ["--cache", str(tmp_path / "llm.sqlite"), "--max-retries", "1", "--timeout", "5"]
+        code = main(argv)
+        headers = {r.headers.get("authorization") for r in server.requests}
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert headers == {f"Bearer {CANARY}"}
+    assert CANARY not in out + err
+    assert files_containing(tmp_path, CANARY) == []
+    import pyarrow.parquet as pq
+
+    bad = pq.read_table(tmp_path / "out" / "o.quarantine.parquet").to_pylist()
+    assert any("***" in row["error"] + (row["raw_output"] or "") for row in bad)
