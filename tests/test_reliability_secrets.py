@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -229,7 +230,5 @@ def test_file_mode_cli_output_and_console_carry_no_key(
     assert headers == {f"Bearer {CANARY}"}
     assert CANARY not in out + err
     assert files_containing(tmp_path, CANARY) == []
-    import pyarrow.parquet as pq
-
     bad = pq.read_table(tmp_path / "out" / "o.quarantine.parquet").to_pylist()
     assert any("***" in row["error"] + (row["raw_output"] or "") for row in bad)
