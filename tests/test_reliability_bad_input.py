@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from reliability_helpers import source_rows, write_jsonl
+from reliability_helpers import batch_rows, source_rows, write_jsonl
 
 from cattune.flows.cli import main
 from cattune.pipeline.release import make_release
@@ -312,3 +312,21 @@ def test_manifest_row_counts_are_checked(
     _edit_manifest(release, {"rows": 6})
     code, _, err = run_cli(capsys, "release", "verify", str(release))
     assert_user_error(code, err, "rows")
+
+
+@pytest.mark.xfail(strict=True, reason="finding REL-8: a damaged store gives a traceback")
+@pytest.mark.parametrize("damage", ["missing-data-file", "corrupt-log-entry"])
+def test_damaged_store_gives_one_line_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, damage: str
+) -> None:
+    store = DatasetStore(tmp_path / "store")
+    for batch in range(2):
+        store.write("hurt", batch_rows("a", batch, 3))
+    rows = tmp_path / "store" / "hurt" / "rows"
+    if damage == "missing-data-file":
+        for data in rows.glob("*.parquet"):
+            data.unlink()
+    else:
+        sorted((rows / "_delta_log").glob("*.json"))[-1].write_text("{broken")
+    code, _, err = run_cli(capsys, "datasets", "show", "hurt", "--store", str(tmp_path / "store"))
+    assert_user_error(code, err, "hurt")
