@@ -9,11 +9,13 @@ training steps (forward + backward + AdamW step):
               causal set)
 - `eager`     LM loss + Re-Attention loss, eager attention with output_attentions=True
 
-Each configuration runs in a fresh subprocess. Wall time and process CPU time (all threads; less
-sensitive to other load on a shared machine) are medians over the measured steps, after warm-up
-steps that also create the optimizer state. Memory is the peak RSS growth of a step:
-VmHWM after the step minus VmRSS before it, with the peak reset through /proc/self/clear_refs
-before each step and MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave RSS (Linux only).
+Time: one subprocess per sequence length runs the configurations interleaved (one step each per
+round, the order rotating), so load from other processes hits all of them alike; wall time and
+process CPU time (all threads) are medians over the rounds, after warm-up rounds that also create
+the optimizer state. Memory: each configuration runs in a fresh subprocess; the peak RSS growth of
+a step is VmHWM after the step minus VmRSS before it, with the peak reset through
+/proc/self/clear_refs before each step and MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave
+RSS (Linux only).
 
     python benchmarks/step_cost.py [--seq-len 256 1024 2048] [--batch 1] [--steps 5]
 """
@@ -75,14 +77,15 @@ def worker(args: argparse.Namespace) -> None:
     am = torch.ones(batch, seq_len, dtype=torch.long)
     mask = pack_masks(random_rects(batch, seq_len, relations=args.relations), seq_len)
 
-    implementation = "eager" if args.worker == "eager" else "efficient"
-    if args.worker == "indicator":
-        attention.ROWS_PER_HEAD_DIM = 0
+    default_rows = attention.ROWS_PER_HEAD_DIM
 
-    def step() -> None:
-        if args.worker == "sdpa":
+    def step(config: str) -> None:
+        if config == "sdpa":
+            attention.use_implementation(model, "sdpa")
             loss = model(input_ids=ids, attention_mask=am, labels=ids).loss
         else:
+            attention.ROWS_PER_HEAD_DIM = 0 if config == "indicator" else default_rows
+            implementation = "eager" if config == "eager" else "efficient"
             outputs, mass = causal_mass(
                 model, ids, am, mask, implementation=implementation, labels=ids
             )
@@ -92,35 +95,51 @@ def worker(args: argparse.Namespace) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
-    times, cpu_times, peaks = [], [], []
-    for _ in range(args.steps):
-        before = _status_kb("VmRSS")
-        _reset_peak()
-        start, cpu_start = time.perf_counter(), time.process_time()
-        step()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-        peaks.append(_status_kb("VmHWM") - before)
-    result = {
-        "time_s": statistics.median(times),
-        "cpu_s": statistics.median(cpu_times),
-        "peak_mb": statistics.median(peaks) / 1024,
+    result: dict[str, object] = {
         "groups": int(mask.group_cols.shape[1]),
         "rows": int((mask.row_group >= 0).sum(1).max()),
     }
+    if args.worker == "timing":
+        configs = args.configs
+        for _ in range(args.warmup):
+            for config in configs:
+                step(config)
+        times: dict[str, list[float]] = {c: [] for c in configs}
+        cpu_times: dict[str, list[float]] = {c: [] for c in configs}
+        for round_ in range(args.steps):
+            for config in configs[round_ % len(configs) :] + configs[: round_ % len(configs)]:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                step(config)
+                times[config].append(time.perf_counter() - start)
+                cpu_times[config].append(time.process_time() - cpu_start)
+        for config in configs:
+            result[config] = {
+                "time_s": statistics.median(times[config]),
+                "cpu_s": statistics.median(cpu_times[config]),
+            }
+    else:
+        for _ in range(args.warmup):
+            step(args.worker)
+        peaks = []
+        for _ in range(args.steps):
+            before = _status_kb("VmRSS")
+            _reset_peak()
+            step(args.worker)
+            peaks.append(_status_kb("VmHWM") - before)
+        result["peak_mb"] = statistics.median(peaks) / 1024
     print(json.dumps(result))
 
 
-def measure(config: str, seq_len: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(config: str, seq_len: int, args: argparse.Namespace) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     command = [
         sys.executable, __file__, "--worker", config, "--seq-len", str(seq_len),
         "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
         "--vocab", str(args.vocab), "--relations", str(args.relations),
-        "--threads", str(args.threads),
+        "--threads", str(args.threads), "--configs", *args.configs,
     ]  # fmt: skip
+    if config != "timing":
+        command[command.index("--steps") + 1] = str(args.memory_steps)
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{config} T={seq_len} failed:\n{done.stderr[-2000:]}")
@@ -141,7 +160,8 @@ def main() -> None:
     parser.add_argument("--relations", type=int, default=8, help="causal relations per example")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
-    parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory run")
+    parser.add_argument("--worker", choices=(*CONFIGS, "timing"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -151,7 +171,8 @@ def main() -> None:
 
     rows = []
     for seq_len in args.seq_len:
-        results = {config: measure(config, seq_len, args) for config in args.configs}
+        timing = measure("timing", seq_len, args)
+        results = {c: {**timing[c], **measure(c, seq_len, args)} for c in args.configs}
         base = results.get("sdpa")
         for config, r in results.items():
             rows.append(
@@ -162,9 +183,11 @@ def main() -> None:
     print(
         f"One training step (forward + backward + AdamW), Llama 4 layers / hidden 256 / 8 heads, "
         f"vocab {args.vocab}, batch {args.batch}, {args.relations} relations per example, "
-        f"median of {args.steps} steps after {args.warmup} warm-up; CPU = process CPU time, all "
-        f"threads; memory = peak RSS growth "
-        f"during the step (VmHWM reset via /proc/self/clear_refs)"
+        f"times: median of {args.steps} rounds after {args.warmup} warm-up, configurations "
+        f"interleaved in one process; CPU = process CPU time, all threads; "
+        f"memory = peak RSS growth "
+        f"during a step, median of {args.memory_steps}, one fresh process per configuration "
+        f"(VmHWM reset via /proc/self/clear_refs)"
     )
     print(f"Machine: {machine()}\n")
     header = ["T", "config", "wall/step", "vs sdpa", "CPU/step", "vs sdpa", "peak mem", "vs sdpa"]

@@ -39,6 +39,8 @@ class MassCollector:
 
     def __init__(self, mask: CausalMask, layers: Sequence[int] | None) -> None:
         self.mask = mask
+        self.n_rows = int((mask.row_group >= 0).sum(1).max()) if mask.row_group.numel() else 0
+        """The most rows with a causal set in one example (computed once, not per layer)."""
         self.layers = None if layers is None else set(layers)
         self.total: Tensor | None = None
         self.count = 0
@@ -141,12 +143,12 @@ def _group_mass(
     scaling: float | None,
     is_causal: bool | None,
     mask: CausalMask,
+    n_rows: int,
 ) -> Tensor:
     """[B, T] head-mean attention mass of each row on its own group's columns."""
     batch, _, seq_len, head_dim = query.shape
-    if mask.group_cols.shape[1] == 0:
+    if n_rows == 0:
         return query.new_zeros(batch, seq_len)
-    n_rows = int((mask.row_group >= 0).sum(1).max())
     if n_rows <= ROWS_PER_HEAD_DIM * head_dim:
         return _selected_rows_mass(query, key, attention_mask, scaling, mask, n_rows)
     return _indicator_mass(module, query, key, attention_mask, scaling, is_causal, mask)
@@ -171,8 +173,9 @@ def cat_attention_forward(
     )  # fmt: skip
     if cat_collector is not None and cat_collector.wants(module.layer_idx):
         mass = _group_mass(
-            module, query, key, attention_mask, scaling, is_causal, cat_collector.mask
-        )
+            module, query, key, attention_mask, scaling, is_causal, cat_collector.mask,
+            cat_collector.n_rows,
+        )  # fmt: skip
         cat_collector.add(mass)
     return output, weights
 
@@ -258,7 +261,7 @@ def causal_mass(
         )  # fmt: skip
         mass = mass_from_attentions(outputs.attentions, mask, layers)
     elif implementation == "efficient":
-        collector = MassCollector(mask, layers)
+        collector = MassCollector(mask.to(input_ids.device), layers)
         use_implementation(model, CAT_ATTENTION)
         outputs = model(
             input_ids=input_ids, attention_mask=attention_mask, cat_collector=collector,
