@@ -104,12 +104,16 @@ def test_four_annotate_flows_at_once_on_one_dataset(prefect_harness: None, tmp_p
         for line in out.splitlines()
         if line.startswith("SUMMARY ")
     ]
-    assert len(summaries) == WRITERS and all(s["committed"] for s in summaries)
+    assert len(summaries) == WRITERS
+    # A flow that starts after its neighbours committed finds its rows done and skips them.
+    for summary in summaries:
+        assert summary["rows_skipped"] + summary["rows_annotated"] == 100
+        assert summary["committed"] == (summary["rows_annotated"] > 0)
     store = DatasetStore(store_root)
     rows = store.read("together")
     assert len(rows) == len({r.id for r in rows})
     assert {r.id for r in rows} == {e.id for e in examples((WRITERS - 1) * 50 + 100)}
     history = store.history("together")
     assert [c.version for c in history] == list(range(len(history)))
-    runs = {c.lineage.flow_run_id for c in history if c.lineage}
-    assert runs == {s["flow_run_id"] for s in summaries}
+    runs = Counter(c.lineage.flow_run_id for c in history if c.lineage)
+    assert runs == Counter(s["flow_run_id"] for s in summaries if s["committed"])
