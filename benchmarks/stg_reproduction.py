@@ -56,15 +56,15 @@ class Settings:
     hidden: int = 64
     heads: int = 4
     vocab: int = 512
-    epochs: float = 3.0
+    epochs: float = 2.0
     lr: float = 3e-3
-    batch_size: int = 16
+    batch_size: int = 64
     alpha: float = 2.0
     loss_type: str = "div"
     attn_weight: float = 1.0
     decay: float = 1.0
     cat_layers: tuple[int, ...] | None = None
-    n_train: int = 1600
+    n_train: int = 32000
     n_test: int = 400
     ratio_rows: int = 256
     threads: int = 1
@@ -91,11 +91,14 @@ def load_splits(variant: str, source: str, seed: int, settings: Settings) -> dic
     splits: dict[str, list] = {}
     for split, name in zip(SPLITS, AUTHOR_FILES[variant], strict=True):
         rows, _ = convert_source(REFERENCE / name, format="cat")
-        limit = settings.n_train if split == "train" else settings.n_test
         meta = {"split": split, "ood": split == "ood_test"}
-        splits[split] = [
-            r.model_copy(update={"meta": r.meta.model_copy(update=meta)}) for r in rows[:limit]
-        ]
+        rows = [r.model_copy(update={"meta": r.meta.model_copy(update=meta)}) for r in rows]
+        if split == "train":
+            # The file is repeated up to n_train rows so that an "epoch" (and with it the CAT
+            # weight's exp(-decay * epoch) schedule) spans as many steps as on generated data.
+            splits[split] = [rows[i % len(rows)] for i in range(settings.n_train)]
+        else:
+            splits[split] = rows[: settings.n_test]
     return splits
 
 
@@ -266,7 +269,7 @@ def _csv(kind: type, text: str) -> list:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", type=lambda t: _csv(str, t), default=["stg", "stg_h"])
+    parser.add_argument("--variants", type=lambda t: _csv(str, t), default=["stg"])
     parser.add_argument("--sources", type=lambda t: _csv(str, t), default=list(SOURCES))
     parser.add_argument("--seeds", type=lambda t: _csv(int, t), default=[0, 1, 2])
     parser.add_argument("--modes", type=lambda t: _csv(str, t), default=list(MODES))

@@ -52,6 +52,9 @@ def test_authors_files_load_with_gold_relations(repro, reference_data: Path) -> 
         assert all(r.relations for r in splits["train"])
         assert [r.meta.ood for r in splits["ood_test"]] == [True] * 10
         assert {r.meta.split for r in splits["iid_test"]} == {"iid_test"}
+    repeated = repro.load_splits("stg", "authors", 0, repro.Settings(n_train=1605, n_test=1))
+    train = repeated["train"]
+    assert len(train) == 1605 and train[1600].id == train[0].id != train[1].id
 
 
 def test_main_writes_results_and_table(repro, tmp_path: Path, capsys) -> None:
