@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
@@ -102,6 +103,12 @@ def load_splits(variant: str, source: str, seed: int, settings: Settings) -> dic
     return splits
 
 
+def majority_share(rows: list) -> float:
+    """Accuracy of always answering the most common completion (the floor to beat)."""
+    counts = Counter(r.completion for r in rows)
+    return max(counts.values()) / len(rows)
+
+
 def run_one(run: Run, workdir: str | Path) -> dict[str, Any]:
     """Train one tiny model (baseline or CAT) and evaluate it; returns its figures."""
     import torch
@@ -172,6 +179,8 @@ def run_one(run: Run, workdir: str | Path) -> dict[str, Any]:
     return {
         **{k: v for k, v in asdict(run).items() if k != "settings"},
         "iid": metrics["splits"]["iid_test"]["accuracy"],
+        "iid_majority": majority_share(splits["iid_test"]),
+        "ood_majority": majority_share(splits["ood_test"]),
         "ood": metrics["splits"]["ood_test"]["accuracy"],
         "train_ratio": ratio,
         "iid_ratio": metrics["splits"]["iid_test"]["causal_ratio"],
@@ -228,6 +237,9 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not seeds:
             continue
         row: dict[str, Any] = {"variant": variant, "source": source, "seeds": seeds}
+        for key in ("iid", "ood"):
+            shares = [by_mode["baseline"][s].get(f"{key}_majority") for s in seeds]
+            row[f"majority_{key}"] = None if None in shares else statistics.fmean(shares)
         for mode in MODES:
             runs = [by_mode[mode][s] for s in seeds]
             for key in ("iid", "ood"):
@@ -247,7 +259,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(summary: list[dict[str, Any]]) -> str:
     header = [
         "variant", "data", "seeds", "baseline IID", "CAT IID", "baseline OOD", "CAT OOD",
-        "OOD diff (CAT − base)", "CAT better", "ratio a1/a0 base → CAT",
+        "OOD diff (CAT − base)", "CAT better", "ratio a1/a0 base → CAT", "majority IID / OOD",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary:
@@ -257,10 +269,16 @@ def markdown(summary: list[dict[str, Any]]) -> str:
         cells = [
             r["variant"], r["source"], str(len(r["seeds"])),
             r["baseline_iid_text"], r["cat_iid_text"], r["baseline_ood_text"], r["cat_ood_text"],
-            r["ood_diff_text"], f"{r['cat_wins']}/{len(r['seeds'])}", ratio,
+            r["ood_diff_text"], f"{r['cat_wins']}/{len(r['seeds'])}", ratio, _majority_text(r),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _majority_text(r: dict[str, Any]) -> str:
+    if r["majority_iid"] is None or r["majority_ood"] is None:
+        return "-"
+    return f"{100 * r['majority_iid']:.1f} / {100 * r['majority_ood']:.1f}"
 
 
 def _csv(kind: type, text: str) -> list:

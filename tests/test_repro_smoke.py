@@ -35,6 +35,7 @@ def test_generated_pair_runs_and_cat_raises_the_ratio(repro, tmp_path: Path) -> 
         assert 0.0 <= r["iid"] <= 1.0 and 0.0 <= r["ood"] <= 1.0
         assert r["steps"] == 6
         assert r["train_ratio"] is not None and r["ood_ratio"] is not None
+        assert 0.5 <= r["ood_majority"] <= 1.0
     baseline, cat = results
     assert cat["train_ratio"] > baseline["train_ratio"]
     summary = repro.summarise(results)
@@ -42,6 +43,7 @@ def test_generated_pair_runs_and_cat_raises_the_ratio(repro, tmp_path: Path) -> 
     assert summary[0]["ood_diff"] == pytest.approx(cat["ood"] - baseline["ood"])
     table = repro.markdown(summary)
     assert table.count("\n") == 2 and "| stg | generated | 1 |" in table
+    assert table.rstrip(" |").endswith(f"{100 * baseline['ood_majority']:.1f}")
 
 
 def test_authors_files_load_with_gold_relations(repro, reference_data: Path) -> None:
