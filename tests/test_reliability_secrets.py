@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,11 @@ def test_canary_key_never_written_logged_or_stored(
     run_id = UUID(summary.flow_run_id)
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+        for _ in range(100):  # run logs reach the server in batches, from a background worker
+            if logs := client.read_logs(log_filter=log_filter):
+                break
+            time.sleep(0.1)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id={"any_": [run_id]})
         )
