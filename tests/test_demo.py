@@ -17,9 +17,7 @@ from cattune.training.release_io import read_release
 def test_demo_runs_every_stage_into_one_run_directory(
     prefect_harness: None, tmp_path: Path
 ) -> None:
-    settings = DemoSettings(
-        n_train=48, n_test=12, training={"epochs": 1, "batch_size": 16, "progress": False}
-    )
+    settings = DemoSettings(n_train=48, n_test=12, training={"epochs": 1, "batch_size": 16})
     console = Console(record=True, width=120)
     result = run_demo(settings, tmp_path / "run", console)
 
