@@ -44,7 +44,7 @@ class DemoSettings(BaseModel):
 # Chosen in benchmarks/stg_reproduction.py's search (docs/reproduction.md): batch 64 for ~1,000
 # steps is where a tiny model starts to learn STG; the quick run only shows the attention shift.
 FULL = DemoSettings(n_train=32_000, n_test=400, training={"epochs": 2, "batch_size": 64})
-QUICK = DemoSettings(n_train=4_000, n_test=100, training={"epochs": 2, "batch_size": 64})
+QUICK = DemoSettings(n_train=8_000, n_test=200, training={"epochs": 2, "batch_size": 64})
 
 
 class ModeResult(BaseModel):
