@@ -45,6 +45,14 @@ LINEAGE_PREFIX = "cattune."
 _RESOLVED = "_cattune_resolved"
 
 
+def _damaged(uri: str, error: BaseException) -> StoreError:
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return StoreError(
+        f"the table at {uri} cannot be read ({first_line}); the store is damaged: restore it "
+        "from a backup or re-create the dataset"
+    )
+
+
 class Lineage(BaseModel):
     """What produced a commit; stored as ``cattune.<field>`` keys of the Delta commit metadata."""
 
@@ -162,7 +170,10 @@ class DatasetStore:
                     "(`cattune datasets list --store ROOT` shows what exists)"
                 )
             raise StoreError(f"dataset {name!r} has no quarantine table")
-        return DeltaTable(uri)
+        try:
+            return DeltaTable(uri)
+        except (DeltaError, OSError) as error:
+            raise _damaged(uri, error) from None
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -336,7 +347,11 @@ class DatasetStore:
     @staticmethod
     def _scan(table: DeltaTable, columns: str = "*") -> pa.Table:
         # QueryBuilder, not to_pyarrow_table(): the latter can abort the interpreter at exit.
-        result = QueryBuilder().register("t", table).execute(f"SELECT {columns} FROM t").read_all()
+        try:
+            query = QueryBuilder().register("t", table)
+            result = query.execute(f"SELECT {columns} FROM t").read_all()
+        except Exception as error:  # deltalake / DataFusion raise several unrelated types here
+            raise _damaged(table.table_uri, error) from None
         return pa.table(result)
 
     def read_table(self, name: str, version: Version = None) -> pa.Table:

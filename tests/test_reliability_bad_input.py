@@ -314,7 +314,6 @@ def test_manifest_row_counts_are_checked(
     assert_user_error(code, err, "rows")
 
 
-@pytest.mark.xfail(strict=True, reason="finding REL-8: a damaged store gives a traceback")
 @pytest.mark.parametrize("damage", ["missing-data-file", "corrupt-log-entry"])
 def test_damaged_store_gives_one_line_errors(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, damage: str
