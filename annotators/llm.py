@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
-from cattune.annotators.base import AnnotationResult, stable_hash
+from cattune.annotators.base import AnnotationResult
 from cattune.annotators.llm_cache import ReplyCache, cache_key
 from cattune.annotators.llm_parse import annotated, check_reply, quarantined
 from cattune.annotators.llm_prompt import (
@@ -40,6 +40,7 @@ from cattune.annotators.llm_prompt import (
     build_repair_messages,
     json_schema_response_format,
     prompt_hash,
+    prompted_config_hash,
 )
 from cattune.annotators.pack import PriorPack
 from cattune.schemas import (
@@ -250,19 +251,7 @@ class LLMAnnotator:
         )
 
     def config_hash(self) -> str:
-        return stable_hash(
-            {
-                "annotator": self.name,
-                "version": self.version,
-                "model": self.model,
-                "pack_hash": self._pack_hash,
-                "decoding": self.decoding.as_dict(),
-                "prompt_version": PROMPT_VERSION,
-                "prompt_hash": self._prompt_hash,
-                "structured_output": self.structured_output,
-                "strategy": self.strategy,
-            }
-        )
+        return prompted_config_hash(self)
 
     def cache_key(self, text: str) -> str:
         return cache_key(

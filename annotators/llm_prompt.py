@@ -139,3 +139,20 @@ def prompt_hash(pack: PriorPack) -> str:
             "schema": WIRE_SCHEMA,
         }
     )
+
+
+def prompted_config_hash(annotator: Any) -> str:
+    """What changes the output of an annotator that prompts a model with a pack (llm, vllm)."""
+    return stable_hash(
+        {
+            "annotator": annotator.name,
+            "version": annotator.version,
+            "model": annotator.model,
+            "pack_hash": annotator.pack.content_hash,
+            "decoding": annotator.decoding.as_dict(),
+            "prompt_version": PROMPT_VERSION,
+            "prompt_hash": prompt_hash(annotator.pack),
+            "structured_output": annotator.structured_output,
+            "strategy": annotator.strategy,
+        }
+    )

@@ -19,16 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cattune.annotators.base import AnnotationResult, stable_hash
+from cattune.annotators.base import AnnotationResult
 from cattune.annotators.llm import Decoding, resolve_pack
 from cattune.annotators.llm_parse import CheckedReply, annotated, check_reply, quarantined
 from cattune.annotators.llm_prompt import (
-    PROMPT_VERSION,
     WIRE_SCHEMA,
     Message,
     build_messages,
     build_repair_messages,
     prompt_hash,
+    prompted_config_hash,
 )
 from cattune.annotators.pack import PriorPack
 from cattune.schemas import Annotation, ConfigError, Example
@@ -120,19 +120,7 @@ class VLLMAnnotator:
         return f"VLLMAnnotator(model={self.model!r}, pack={self.pack.name!r})"
 
     def config_hash(self) -> str:
-        return stable_hash(
-            {
-                "annotator": self.name,
-                "version": self.version,
-                "model": self.model,
-                "pack_hash": self._pack_hash,
-                "decoding": self.decoding.as_dict(),
-                "prompt_version": PROMPT_VERSION,
-                "prompt_hash": self._prompt_hash,
-                "structured_output": self.structured_output,
-                "strategy": self.strategy,
-            }
-        )
+        return prompted_config_hash(self)
 
     @property
     def engine(self) -> Any:
