@@ -20,35 +20,11 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 
 from cattune.annotators.llm import LLMAnnotator
-from cattune.annotators.pack import Demonstration, PriorPack
+from cattune.annotators.pack import load_pack
 from cattune.annotators.scripted_server import Reply, ScriptedChatServer
-from cattune.schemas import AnnotatedExample, Example, PhraseRelation
+from cattune.schemas import AnnotatedExample, Example
 
 REPLY = json.dumps({"relations": [{"effect": "High Risk", "causes": ["Smoking: 8", "Weight: 4"]}]})
-
-
-class _BenchPack(PriorPack):
-    rules: dict = {}
-
-
-PACK = _BenchPack(
-    name="bench",
-    version="1",
-    description="benchmark pack",
-    instructions="Smoking, Weight and Exercise cause the risk.",
-    demonstrations=[
-        Demonstration(
-            prompt="Smoking: 2, Room size: 5. Answer: ",
-            completion="Low Risk",
-            relations=[PhraseRelation(effect="Low Risk", causes=["Smoking: 2"])],
-        ),
-        Demonstration(
-            prompt="Weight: 9, Exercise: 1. Answer: ",
-            completion="High Risk",
-            relations=[PhraseRelation(effect="High Risk", causes=["Weight: 9", "Exercise: 1"])],
-        ),
-    ],
-)
 
 
 def rows(n: int, tag: str) -> list[Example]:
@@ -84,7 +60,7 @@ def measure(concurrency: int, n_rows: int, latency: float) -> tuple[float, float
     """(rows a second, CPU milliseconds a row in this process) at this concurrency."""
     with endpoint(latency) as base_url:
         annotator = LLMAnnotator(
-            PACK,
+            load_pack("key-value-records"),
             model="scripted",
             base_url=base_url,
             api_key="benchmark",
