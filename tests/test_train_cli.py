@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from release_helpers import write_release
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cattune.flows.cli import main
 from cattune.schemas import (
     AnnotatedExample,
     Example,
-    ReleaseFile,
-    ReleaseManifest,
     TrainingJob,
     file_sha256,
     to_table,
@@ -29,31 +28,9 @@ SPLITS = {
 FAST = ["--epochs", "2", "--batch-size", "16", "--logging-steps", "1", "--quiet"]
 
 
-def write_release(root: Path, splits: dict[str, list[AnnotatedExample]]) -> Path:
-    (root / "data").mkdir(parents=True)
-    files = []
-    for split, rows in splits.items():
-        path = root / "data" / f"{split}.parquet"
-        pq.write_table(to_table(rows, AnnotatedExample), path)
-        files.append(
-            ReleaseFile(
-                path=f"data/{split}.parquet",
-                split=split,
-                rows=len(rows),
-                sha256=file_sha256(path),
-                bytes=path.stat().st_size,
-            )
-        )
-    manifest = ReleaseManifest(
-        dataset="toy", version=3, rows_per_split={k: len(v) for k, v in splits.items()}, files=files
-    )
-    (root / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    return root
-
-
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_release(tmp_path_factory.mktemp("release") / "toy-v3", SPLITS)
+    return write_release(tmp_path_factory.mktemp("release") / "toy-v3", SPLITS, version=3)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from release_helpers import write_release
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -23,8 +24,6 @@ from cattune.schemas import (
     InputError,
     Meta,
     PhraseRelation,
-    ReleaseFile,
-    ReleaseManifest,
     StoreError,
     TrainingJob,
     align,
@@ -227,28 +226,6 @@ def test_slow_tokenizer_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="fast"):
         encode_example(Slow(), ROWS[0])
-
-
-def write_release(root: Path, splits: dict[str, list[AnnotatedExample]]) -> Path:
-    (root / "data").mkdir(parents=True)
-    files = []
-    for split, rows in splits.items():
-        path = root / "data" / f"{split}.parquet"
-        pq.write_table(to_table(rows, AnnotatedExample), path)
-        files.append(
-            ReleaseFile(
-                path=f"data/{split}.parquet",
-                split=split,
-                rows=len(rows),
-                sha256=file_sha256(path),
-                bytes=path.stat().st_size,
-            )
-        )
-    manifest = ReleaseManifest(
-        dataset="toy", version=0, rows_per_split={k: len(v) for k, v in splits.items()}, files=files
-    )
-    (root / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    return root
 
 
 def test_release_roundtrip_splits_and_tamper_detection(tmp_path: Path) -> None:
