@@ -5,7 +5,7 @@ process, so the ideal rate at concurrency c is c / LATENCY rows a second; the ta
 close LLMAnnotator gets (prompt building, the openai SDK, HTTP, reply parsing and alignment all
 included; the reply cache is off).
 
-    python benchmarks/annotation_throughput.py [--latency 0.2] [--rounds 10] [--levels 1 8 16 32 64]
+    python benchmarks/annotation_throughput.py [--latency 0.2] [--rounds 30] [--levels 1 8 16 32 64]
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ def measure(concurrency: int, n_rows: int, latency: float) -> tuple[float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.2, help="server latency (s)")
-    parser.add_argument("--rounds", type=int, default=10, help="rows per level = rounds x level")
+    parser.add_argument(
+        "--rounds", type=int, default=30, help="rows per level = rounds x level (steady state)"
+    )
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     args = parser.parse_args()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
