@@ -6,6 +6,8 @@ The README's section between the ``<!-- benchmarks:begin -->`` / ``<!-- benchmar
 markers is replaced by the same text.
 
     python benchmarks/run_all.py [--only loss_speed,step_cost] [--no-readme]
+
+With --only, the other benchmarks' sections of the last RESULTS.md are kept.
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ def run(name: str, arguments: list[str]) -> tuple[str, float]:
     return finished.stdout.strip(), seconds
 
 
+def previous_sections() -> dict[str, str]:
+    """Sections of the last RESULTS.md by title, so that --only replaces just its benchmarks."""
+    if not RESULTS.is_file():
+        return {}
+    parts = RESULTS.read_text().split("\n### ")[1:]
+    return dict(part.split("\n\n", 1) for part in parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated benchmark names")
@@ -62,15 +72,18 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
 
-    sections = []
+    sections = previous_sections() if args.only else {}
     for name in names:
         arguments, title = BENCHMARKS[name]
         print(f"running {name} ...", file=sys.stderr, flush=True)
         output, seconds = run(name, arguments)
         command = " ".join(["python", f"benchmarks/{name}.py", *arguments])
-        sections.append(f"### {title}\n\n`{command}` ({seconds:.0f} s)\n\n{output}\n")
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    text = f"_Measured {stamp} by `python benchmarks/run_all.py`._\n\n" + "\n".join(sections)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        sections[title] = f"`{command}` ({seconds:.0f} s, {stamp})\n\n{output}\n"
+    ordered = [title for _, title in BENCHMARKS.values() if title in sections]
+    text = "_Measured by `python benchmarks/run_all.py`._\n\n" + "\n".join(
+        f"### {title}\n\n{sections[title]}" for title in ordered
+    )
     RESULTS.write_text(text)
     print(text)
     if not args.no_readme and README.is_file():
