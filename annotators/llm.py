@@ -110,25 +110,15 @@ class _RowFailed(Exception):
         self.retryable = retryable
 
 
-# httpcore scans every pooled connection (and polls its socket) for each request it assigns, so one
-# client's cost per request grows with concurrency; a few smaller pools keep it flat.
-CONNECTIONS_PER_CLIENT = 16
-
-
 @dataclass
 class _Run:
-    clients: list[AsyncOpenAI]
+    client: AsyncOpenAI
     cache: ReplyCache | None
     semaphore: asyncio.Semaphore
     structured: bool
     stats: RunStats
     pause_until: float = 0.0
     any_response: bool = field(default=False)
-    _turn: int = 0
-
-    def next_client(self) -> AsyncOpenAI:
-        self._turn = (self._turn + 1) % len(self.clients)
-        return self.clients[self._turn]
 
 
 def _is_connect_failure(error: BaseException) -> bool:
@@ -335,17 +325,14 @@ class LLMAnnotator:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        clients = [
-            AsyncOpenAI(
-                base_url=self.base_url,
-                api_key=self._api_key.get_secret_value(),
-                max_retries=0,
-                timeout=self.timeout,
-            )
-            for _ in range(-(-self.concurrency // CONNECTIONS_PER_CLIENT))
-        ]
+        client = AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key.get_secret_value(),
+            max_retries=0,
+            timeout=self.timeout,
+        )
         run = _Run(
-            clients, cache, asyncio.Semaphore(self.concurrency), self.structured_output, stats
+            client, cache, asyncio.Semaphore(self.concurrency), self.structured_output, stats
         )
         show = self.progress
         if show is None:
@@ -383,7 +370,7 @@ class LLMAnnotator:
                     await asyncio.gather(*tasks, return_exceptions=True)
                     raise failed.exception()  # type: ignore[misc]
         finally:
-            await asyncio.gather(*(client.close() for client in clients))
+            await client.close()
 
     async def _annotate_row(self, run: _Run, example: Example, key: str) -> AnnotationResult:
         attempts = 0
@@ -432,7 +419,7 @@ class LLMAnnotator:
                 sent += 1
                 run.stats.requests += 1
                 try:
-                    body = await run.next_client().post(
+                    body = await run.client.post(
                         "/chat/completions",
                         cast_to=str,
                         body=self._request_body(messages, structured=run.structured),
