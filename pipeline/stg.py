@@ -14,6 +14,10 @@ empty by a typo), which is kept so that the label distribution matches theirs.
 Five spurious indices are a slope times one cause plus Gaussian noise in IID splits and narrow
 independent uniforms in the OOD split; three irrelevant variables. Items keep a fixed order.
 
+``stg_shortcut`` (cattune's own, not the paper's): ``stg`` plus a ninth item "Code: 0|1" that
+copies the label (1 = High Risk) in 95% of IID rows and is a fair coin in the OOD split: the
+spurious-token situation in its plainest form. It is not a cause; the gold relations are STG's.
+
 Gold relations: the answer is the effect ("High Risk" for STG; "Answer: 32" for STG_H, the authors'
 forms) and the causal items are its causes, as full "Name: value" items; they are aligned by the
 :class:`~cattune.annotators.given.GoldAnnotator`, so rows are exactly what it makes of them.
@@ -38,7 +42,7 @@ from cattune.schemas import (
     Meta,
 )
 
-Variant = Literal["stg", "stg_h"]
+Variant = Literal["stg", "stg_h", "stg_shortcut"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
 SPLITS = ("train", "iid_test", "ood_test")
 
@@ -69,7 +73,10 @@ def stg_label(smoking: int, weight: int, exercise: int) -> str:
     return "Low Risk"
 
 
-def stg_row(rng: random.Random, ood: bool) -> GameRow:
+SHORTCUT_AGREEMENT = 0.95
+
+
+def stg_row(rng: random.Random, ood: bool, shortcut: bool = False) -> GameRow:
     smoking, weight, exercise = (rng.randint(1, 10) for _ in range(3))
     if ood:
         yellow, clothing, hormones = (rng.randint(1, 10) for _ in range(3))
@@ -85,9 +92,13 @@ def stg_row(rng: random.Random, ood: bool) -> GameRow:
         "Certain gene": rng.randint(1, 10),
         "Room size": rng.randint(1, 10),
     }
+    answer = stg_label(smoking, weight, exercise)
+    if shortcut:
+        high = int(answer == "High Risk")
+        agrees = rng.random() < (0.5 if ood else SHORTCUT_AGREEMENT)
+        values["Code"] = high if agrees else 1 - high
     items = [(name, f"{name}: {value}") for name, value in values.items()]
     rng.shuffle(items)
-    answer = stg_label(smoking, weight, exercise)
     prompt = STG_PREFIX + ", ".join(text for _, text in items) + " Answer: "
     causes = [text for name, text in items if name in STG_CAUSES]
     return GameRow(prompt=prompt, answer=answer, effect=answer, causes=causes)
@@ -177,6 +188,7 @@ def stg_h_row(rng: random.Random, ood: bool) -> GameRow:
 ROW_MAKERS: dict[str, Callable[[random.Random, bool], GameRow]] = {
     "stg": stg_row,
     "stg_h": stg_h_row,
+    "stg_shortcut": lambda rng, ood: stg_row(rng, ood, shortcut=True),
 }
 
 

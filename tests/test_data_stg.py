@@ -229,3 +229,29 @@ def test_bad_options(
     if needle:
         assert needle in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_shortcut_variant_copies_the_label_in_iid_rows_only() -> None:
+    data = generate_stg("stg_shortcut", seed=4, n_train=2000, n_test=2000)
+    agreement = {}
+    for split, rows in data.items():
+        items = [_items(r.prompt) for r in rows]
+        high = [int(r.completion == "High Risk") for r in rows]
+        agreement[split] = sum(
+            int(i["Code"]) == h for i, h in zip(items, high, strict=True)
+        ) / len(rows)
+        for row, item in zip(rows, items, strict=True):
+            assert len(item) == 9  # STG's eight items and the code
+            rule = stg_label(*(int(item[c]) for c in STG_CAUSES))
+            assert row.completion == rule, "the code never decides the label"
+            (relation,) = row.relations
+            assert all("Code" not in c.text(row.text) for c in relation.causes)
+    assert 0.93 < agreement["train"] < 0.97 and 0.93 < agreement["iid_test"] < 0.97
+    assert 0.46 < agreement["ood_test"] < 0.54
+
+
+def test_cli_offers_every_variant() -> None:
+    from cattune.flows.commands.stg import VARIANT_CHOICES
+    from cattune.pipeline.stg import VARIANTS
+
+    assert VARIANT_CHOICES == VARIANTS

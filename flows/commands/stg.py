@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-VARIANT_CHOICES = ("stg", "stg_h")
+# cattune.pipeline.stg.VARIANTS, written out so that the CLI starts without importing it
+VARIANT_CHOICES = ("stg", "stg_h", "stg_shortcut")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
