@@ -1,17 +1,20 @@
-"""The CAT paper's STG experiment reproduced on CPU with tiny models: baseline vs CAT, IID vs OOD.
+"""The CAT paper's STG experiment on CPU: baseline vs CAT, IID vs OOD, tiny or pretrained model.
 
 For each variant (stg, stg_h) x data source (the authors' files, or cattune's generator) x seed,
-a tiny Llama is trained from scratch twice on the same rows with the same seed and the same
-number of steps, once with the LM loss only (baseline) and once with LM + Re-Attention loss
-(CAT), using the gold relations (the authors' ``important`` field; the generator's gold). Both
-are evaluated by greedy exact match on the IID and the OOD test split; the causal-attention ratio
-a1/a0 is measured on the first training rows. Prints a Markdown table (mean +- std over seeds)
-and writes results.json.
+a model is fine-tuned twice on the same rows with the same seed and the same number of steps,
+once with the LM loss only (baseline) and once with LM + Re-Attention loss (CAT), using the gold
+relations (the authors' ``important`` field; the generator's gold). Every run goes through
+``cattune.training.run.train`` (the code behind ``cattune train``) and is evaluated on the IID and
+the OOD test split. Prints a Markdown table (mean +- std over seeds) and writes results.json.
 
     python benchmarks/stg_reproduction.py [--variants stg,stg_h] [--sources authors,generated]
-        [--seeds 0,1,2] [--out DIR] [--jobs 2] [settings flags, see --help]
+        [--seeds 0,1,2] [--model tiny|smollm2-135m|DIR] [--out DIR] [--jobs 1]
+        [-- cattune train flags, e.g. --lora_r 16 --lr 5e-4 --max_steps 125]
 
-Every run is one process with one torch thread; ``--jobs`` runs that many in parallel.
+Flags after ``--`` are ``cattune train`` flags (the training dataclasses); defaults for the tiny
+model: ``--epochs 2 --batch-size 64 --lr 3e-3``. ``--model tiny`` builds a small Llama of the
+shape given by ``--layers --hidden --heads --vocab``. Every run is one process with ``--threads``
+torch threads; ``--jobs`` runs that many in parallel.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -49,27 +52,23 @@ VARIANTS = tuple(AUTHOR_FILES)
 SOURCES = ("authors", "generated")
 
 
+TINY_TRAIN_ARGS = ("--epochs", "2", "--batch-size", "64", "--lr", "3e-3")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything that decides a run besides variant, source, seed and mode."""
 
+    model: str = "tiny"
     layers: int = 2
     hidden: int = 64
     heads: int = 4
     vocab: int = 512
-    epochs: float = 2.0
-    lr: float = 3e-3
-    batch_size: int = 64
-    alpha: float = 2.0
-    loss_type: str = "div"
-    attn_weight: float = 1.0
-    decay: float = 1.0
-    cat_layers: tuple[int, ...] | None = None
     n_train: int = 32000
     n_test: int = 400
-    ratio_rows: int = 256
     threads: int = 1
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    train_args: tuple[str, ...] = ()
+    """``cattune train`` flags (after the tiny model's defaults, so they override them)."""
 
 
 @dataclass(frozen=True)
@@ -110,84 +109,52 @@ def majority_share(rows: list) -> float:
 
 
 def run_one(run: Run, workdir: str | Path) -> dict[str, Any]:
-    """Train one tiny model (baseline or CAT) and evaluate it; returns its figures."""
+    """Fine-tune one model (baseline or CAT) through ``train()`` and return its figures."""
+    import pyarrow.parquet as pq
     import torch
-    from transformers import PrinterCallback, set_seed
     from transformers.utils import logging as hf_logging
 
-    from cattune.training.config import CATConfig
-    from cattune.training.data import CATCollator, encode_rows
-    from cattune.training.evaluate import causal_ratio, evaluate_rows
-    from cattune.training.tiny import build_tiny_model, load_model, load_tokenizer
-    from cattune.training.trainer import CATTrainer
+    from cattune.schemas import AnnotatedExample, to_table
+    from cattune.training.config import parse_train_args
+    from cattune.training.run import train
+    from cattune.training.tiny import build_tiny_model
 
     s = run.settings
     torch.set_num_threads(s.threads)
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
     splits = load_splits(run.variant, run.source, run.seed, s)
-    train_rows = splits["train"]
-    model_dir = Path(workdir) / f"{run.variant}-{run.source}-{run.seed}-{run.mode}"
-    build_tiny_model(
-        [r.prompt + r.completion for r in train_rows],
-        model_dir,
-        layers=s.layers,
-        hidden=s.hidden,
-        heads=s.heads,
-        vocab_size=s.vocab,
-        seed=run.seed,
-    )
-    tokenizer = load_tokenizer(model_dir)
-    dataset = encode_rows(tokenizer, train_rows)
-    args = CATConfig(
-        output_dir=str(model_dir / "checkpoints"),
-        mode=run.mode,
-        alpha=s.alpha,
-        loss_type=s.loss_type,
-        attn_weight=s.attn_weight,
-        decay=s.decay,
-        cat_layers=list(s.cat_layers) if s.cat_layers is not None else None,
-        num_train_epochs=s.epochs,
-        learning_rate=s.lr,
-        per_device_train_batch_size=s.batch_size,
-        logging_steps=25,
-        seed=run.seed,
-        data_seed=run.seed,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        use_cpu=True,
-    )
-    set_seed(run.seed)
-    model = load_model(model_dir)
-    trainer = CATTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=CATCollator(tokenizer.pad_token_id),
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    trained = time.perf_counter()
-    model = trainer.model
-    test_rows = splits["iid_test"] + splits["ood_test"]
-    metrics, _ = evaluate_rows(model, tokenizer, test_rows, batch_size=64, progress=False)
-    ratio, _ = causal_ratio(model, tokenizer, train_rows[: s.ratio_rows], batch_size=64)
-    history = trainer.state.log_history
-    lm = [h["lm_loss"] for h in history if "lm_loss" in h]
+    root = Path(workdir) / f"{run.variant}-{run.source}-{run.seed}-{run.mode}"
+    root.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        pq.write_table(to_table(rows, AnnotatedExample), root / f"{split}.parquet")
+    model = s.model
+    if model == "tiny":
+        model = str(root / "base-model")
+        build_tiny_model(
+            [r.prompt + r.completion for r in splits["train"]], model, layers=s.layers,
+            hidden=s.hidden, heads=s.heads, vocab_size=s.vocab, seed=run.seed,
+        )  # fmt: skip
+    defaults = TINY_TRAIN_ARGS if s.model == "tiny" else ()
+    script, model_args, config = parse_train_args(
+        [*defaults, *s.train_args, "--model", model, "--mode", run.mode, "--seed", str(run.seed),
+         "--data", str(root / "train.parquet"), "--out", str(root / "run"), "--quiet",
+         "--eval_data", str(root / "iid_test.parquet"), str(root / "ood_test.parquet")]
+    )  # fmt: skip
+    metrics = train(script, model_args, config)
+    evaluated = metrics["eval"]["splits"]
     return {
         **{k: v for k, v in asdict(run).items() if k != "settings"},
-        "iid": metrics["splits"]["iid_test"]["accuracy"],
+        "iid": evaluated["iid_test"]["accuracy"],
+        "ood": evaluated["ood_test"]["accuracy"],
         "iid_majority": majority_share(splits["iid_test"]),
         "ood_majority": majority_share(splits["ood_test"]),
-        "ood": metrics["splits"]["ood_test"]["accuracy"],
-        "train_ratio": ratio,
-        "iid_ratio": metrics["splits"]["iid_test"]["causal_ratio"],
-        "ood_ratio": metrics["splits"]["ood_test"]["causal_ratio"],
-        "last_lm_loss": lm[-1] if lm else None,
-        "steps": trainer.state.global_step,
-        "train_seconds": round(trained - started, 1),
+        "train_ratio": metrics["train"].get("last_causal_ratio"),
+        "iid_ratio": evaluated["iid_test"]["causal_ratio"],
+        "ood_ratio": evaluated["ood_test"]["causal_ratio"],
+        "last_lm_loss": metrics["train"].get("last_lm_loss"),
+        "steps": metrics["train"]["steps"],
+        "train_seconds": round(metrics["train"]["train_runtime"], 1),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -286,23 +253,26 @@ def _csv(kind: type, text: str) -> list:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's own flags; everything after ``--`` is kept as ``cattune train`` flags."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    train_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, train_args = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", type=lambda t: _csv(str, t), default=["stg"])
     parser.add_argument("--sources", type=lambda t: _csv(str, t), default=list(SOURCES))
     parser.add_argument("--seeds", type=lambda t: _csv(int, t), default=[0, 1, 2])
     parser.add_argument("--modes", type=lambda t: _csv(str, t), default=list(MODES))
     parser.add_argument("--out", default="stg-reproduction")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     defaults = Settings()
     for f in fields(Settings):
-        if f.name == "extra":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "cat_layers":
-            parser.add_argument(flag, type=lambda t: tuple(_csv(int, t)), default=None)
-        else:
+        if f.name != "train_args":
+            flag = "--" + f.name.replace("_", "-")
             parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=None)
     args = parser.parse_args(argv)
+    args.train_args = tuple(train_args)
     for name in args.variants:
         if name not in VARIANTS:
             parser.error(f"unknown variant {name!r}; use {','.join(VARIANTS)}")
@@ -316,7 +286,7 @@ def settings_from(args: argparse.Namespace, base: Settings | None = None) -> Set
     given = {
         f.name: getattr(args, f.name)
         for f in fields(Settings)
-        if f.name != "extra" and getattr(args, f.name, None) is not None
+        if getattr(args, f.name, None) is not None
     }
     return replace(base or Settings(), **given)
 
@@ -343,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"\n{len(runs)} runs in {elapsed / 60:.1f} min with --jobs {args.jobs}")
     payload = {
-        "settings": {k: v for k, v in asdict(settings).items() if k != "extra"},
+        "settings": asdict(settings),
         "argv": sys.argv[1:] if argv is None else argv,
         "seconds": round(elapsed, 1),
         "jobs": args.jobs,

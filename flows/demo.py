@@ -43,8 +43,9 @@ class DemoSettings(BaseModel):
 
 # Chosen in benchmarks/stg_reproduction.py's search (docs/reproduction.md): batch 64 for ~1,000
 # steps is where a tiny model starts to learn STG; the quick run only shows the attention shift.
-FULL = DemoSettings(n_train=32_000, n_test=400, training={"epochs": 2, "batch_size": 64})
-QUICK = DemoSettings(n_train=8_000, n_test=200, training={"epochs": 2, "batch_size": 64})
+TINY_TRAINING = {"num_train_epochs": 2, "per_device_train_batch_size": 64}
+FULL = DemoSettings(n_train=32_000, n_test=400, training=TINY_TRAINING)
+QUICK = DemoSettings(n_train=8_000, n_test=200, training=TINY_TRAINING)
 
 
 class ModeResult(BaseModel):
@@ -169,7 +170,7 @@ def train_from_job(job_path: Path, run_dir: Path, console: Console) -> dict[str,
         out.mkdir(parents=True, exist_ok=True)
         log = out / "train.log"
         command = [*train_command(job_path, out), "--mode", mode, "--split", "train"]
-        command += [arg for split in TEST_SPLITS for arg in ("--eval-split", split)]
+        command += ["--eval_split", *TEST_SPLITS]
         with open(log, "wb") as handle:
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
         running[mode] = (process, log)

@@ -57,9 +57,9 @@ def handoff_flow(
 ) -> Handoff:
     """Release ``dataset@version``, write ``job.json``, and optionally run the training job.
 
-    ``training_config`` holds ``cattune train`` options by name without dashes, e.g.
-    ``{"mode": "cat", "model": "tiny", "epochs": 3}``. A failed training run fails the flow with
-    the end of its output.
+    ``training_config`` holds ``cattune train`` options by field name (``cattune train --help``),
+    e.g. ``{"mode": "cat", "model": "tiny", "num_train_epochs": 3}``. A failed training run fails
+    the flow with the end of its output.
     """
     logger = get_run_logger()
     release = Path(release_flow(dataset, version, out_dir=release_dir, store=store))

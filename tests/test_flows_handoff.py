@@ -50,7 +50,7 @@ def test_stg_gold_annotate_release_handoff_train(
     loaded = hf.load_dataset("parquet", data_dir=str(release / "data"))
     assert len(loaded["train"]) == 60
 
-    config = {"model": "tiny", "epochs": 1, "max_steps": 2, "mode": "cat"}
+    config = {"model": "tiny", "num_train_epochs": 1, "max_steps": 2, "mode": "cat"}
     handoff = handoff_flow(
         "stg", None, config, store=store, run=True, train_out=str(tmp_path / "run")
     )

@@ -22,11 +22,13 @@ def repro():
     return module
 
 
-TINY = dict(layers=1, hidden=32, heads=2, vocab=300, epochs=1.0, batch_size=8, ratio_rows=8)
+TINY = dict(layers=1, hidden=32, heads=2, vocab=300)
 
 
 def test_generated_pair_runs_and_cat_raises_the_ratio(repro, tmp_path: Path) -> None:
-    settings = repro.Settings(**TINY, n_train=48, n_test=8, attn_weight=5.0, decay=0.0)
+    train_args = ("--epochs", "1", "--batch-size", "8", "--attn_weight", "5", "--decay", "0")
+    train_args += ("--logging_steps", "2")
+    settings = repro.Settings(**TINY, n_train=48, n_test=8, train_args=train_args)
     results = [
         repro.run_one(repro.Run("stg", "generated", 0, mode, settings), tmp_path)
         for mode in repro.MODES
@@ -61,12 +63,15 @@ def test_authors_files_load_with_gold_relations(repro, reference_data: Path) -> 
 
 def test_main_writes_results_and_table(repro, tmp_path: Path, capsys) -> None:
     flags = ["--layers", "1", "--hidden", "32", "--heads", "2", "--vocab", "300"]
-    flags += ["--epochs", "1", "--batch-size", "16", "--n-train", "16", "--n-test", "4"]
+    flags += ["--n-train", "16", "--n-test", "4"]
     out = tmp_path / "out"
     argv = ["--variants", "stg", "--sources", "generated", "--seeds", "0,1", "--jobs", "1"]
-    assert repro.main([*argv, *flags, "--out", str(out)]) == 0
+    train_args = ["--", "--epochs", "1", "--batch-size", "16"]
+    assert repro.main([*argv, *flags, "--out", str(out), *train_args]) == 0
     payload = json.loads((out / "results.json").read_text())
     assert len(payload["runs"]) == 4 and payload["settings"]["hidden"] == 32
+    assert payload["settings"]["train_args"] == ["--epochs", "1", "--batch-size", "16"]
+    assert all(r["steps"] == 1 for r in payload["runs"])
     assert payload["summary"][0]["seeds"] == [0, 1]
     assert "OOD diff" in (out / "table.md").read_text()
     assert "4 runs in" in capsys.readouterr().out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from release_helpers import write_release
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,21 +83,26 @@ def test_job_file_config_and_cli_overrides(release: Path, model_dir: Path, tmp_p
     out = tmp_path / "job-run"
     assert main(["train", "--job", str(path), "--out", str(out), "--quiet"]) == 0
     options = json.loads((out / "options.json").read_text())
-    assert options["mode"] == "baseline" and options["loss_type"] == "nll"
-    assert options["release"] == str(release)
+    assert options["config"]["mode"] == "baseline" and options["config"]["loss_type"] == "nll"
+    assert options["script"]["release"] == str(release)
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 2
     out2 = tmp_path / "job-run-2"
     assert main(["train", "--job", str(path), "--mode", "cat", "--out", str(out2), "--quiet"]) == 0
-    assert json.loads((out2 / "options.json").read_text())["mode"] == "cat"
+    assert json.loads((out2 / "options.json").read_text())["config"]["mode"] == "cat"
 
 
 def test_train_on_parquet_with_layers_and_lora(release: Path, model_dir: Path, tmp_path) -> None:
     out = tmp_path / "lora"
     args = ["train", "--data", str(release / "data" / "train.parquet"), "--model", str(model_dir)]
     args += ["--lora-r", "4", "--layers", "1", "--max-steps", "2", "--out", str(out), "--quiet"]
+    args += ["--activation_checkpointing", "--logging_steps", "1"]
     assert main(args) == 0
     merged = AutoModelForCausalLM.from_pretrained(out / "model")
     assert not any("lora" in name for name, _ in merged.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    layer = 1  # adapters trained through checkpointed blocks were merged
+    before = base.model.layers[layer].self_attn.q_proj.weight
+    assert not torch.equal(before, merged.model.layers[layer].self_attn.q_proj.weight)
     assert "eval" not in json.loads((out / "metrics.json").read_text())
 
 
@@ -137,20 +143,24 @@ def test_user_errors(release: Path, model_dir: Path, tmp_path: Path, capsys) -> 
     )
     (tmp_path / "typo.json").write_text(job.model_dump_json())
     assert "epochz" in error_of(["train", "--job", str(tmp_path / "typo.json")], capsys)
+    job = job.model_copy(update={"config": {"learning_ratee": 1e-3}})
+    (tmp_path / "lr.json").write_text(job.model_dump_json())
     missing = ["eval", "--model", str(tmp_path / "nope"), "--data", str(release)]
     assert "does not exist" in error_of(missing, capsys)
-    with pytest.raises(SystemExit):
-        main(["train", "--release", str(release), "--data", "x.parquet"])
+    both = ["train", "--release", str(release), "--data", "x.parquet"]
+    assert "exactly one" in error_of(both, capsys)
+    typo = ["train", "--job", str(tmp_path / "lr.json")]
+    assert "did you mean learning_rate" in error_of(typo, capsys)
 
 
 def test_eval_groups_rows_without_split_by_file(model_dir: Path, tmp_path: Path) -> None:
-    files = []
+    files = ["--data"]
     for name, rows in (("iid", SPLITS["test"][:3]), ("shifted", SPLITS["ood"][:2])):
         plain = [
             r.model_copy(update={"meta": r.meta.model_copy(update={"split": None})}) for r in rows
         ]
         pq.write_table(to_table(plain, AnnotatedExample), tmp_path / f"{name}.parquet")
-        files += ["--data", str(tmp_path / f"{name}.parquet")]
+        files.append(str(tmp_path / f"{name}.parquet"))
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(model_dir), *files, "--out", str(out), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

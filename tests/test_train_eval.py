@@ -18,9 +18,10 @@ from cattune.training.evaluate import (
     normalise_answer,
     write_results,
 )
+from cattune.training.models import load_model, load_tokenizer
 from cattune.training.plots import plot_comparison, plot_training, series
 from cattune.training.release_io import read_parquet
-from cattune.training.tiny import build_tiny_model, load_model, load_tokenizer, toy_rows
+from cattune.training.tiny import build_tiny_model, toy_rows
 
 ROWS = toy_rows(6, seed=31) + toy_rows(4, seed=32, split="ood", ood=True)
 PNG = b"\x89PNG\r\n\x1a\n"

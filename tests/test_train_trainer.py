@@ -11,8 +11,9 @@ import torch
 from cattune.schemas import ConfigError
 from cattune.training.config import CATConfig
 from cattune.training.data import CATCollator, encode_rows
-from cattune.training.tiny import build_tiny_model, load_model, load_tokenizer, toy_rows
-from cattune.training.trainer import CATTrainer
+from cattune.training.models import load_model, load_tokenizer
+from cattune.training.tiny import build_tiny_model, toy_rows
+from cattune.training.trainer import CATTrainer, keep_label_logits
 
 ROWS = toy_rows(64, seed=11)
 
@@ -127,3 +128,55 @@ def test_config_rejects_bad_values(option, value, message, tmp_path) -> None:
 def test_config_keeps_extra_columns(tmp_path) -> None:
     config = CATConfig(output_dir=str(tmp_path), report_to="none", remove_unused_columns=True)
     assert config.remove_unused_columns is False
+
+
+def test_label_logits_only_give_the_same_loss_and_gradients(tiny_dir) -> None:
+    tokenizer = load_tokenizer(tiny_dir)
+    model = load_model(tiny_dir)
+    data = encode_rows(tokenizer, toy_rows(6, seed=5) + toy_rows(2, seed=6, ood=True))
+    batch = CATCollator(tokenizer.pad_token_id)([data[i] for i in range(len(data))])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    trimmed = keep_label_logits(inputs)
+    assert 1 < trimmed["logits_to_keep"] < inputs["input_ids"].shape[1]
+    losses, grads = [], []
+    for kwargs in (inputs, trimmed):
+        model.zero_grad()
+        out = model(**kwargs)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    assert out.logits.shape[1] == trimmed["logits_to_keep"]
+    assert torch.allclose(losses[0], losses[1], rtol=1e-6, atol=0)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_activation_checkpointing_trains_cat_identically(tiny_dir, tmp_path) -> None:
+    plain = run(tiny_dir, tmp_path / "p", max_steps=3, logging_steps=1)
+    checkpointed = run(
+        tiny_dir, tmp_path / "c", max_steps=3, logging_steps=1, activation_checkpointing=True
+    )
+    for key in ("lm_loss", "attn_loss", "causal_ratio"):
+        # step 2 and 3 start from weights that step 1's (checkpointed) gradients made
+        assert logged(checkpointed, key) == pytest.approx(logged(plain, key), rel=1e-5)
+
+
+def test_bf16_causal_mass_is_close_to_the_fp32_oracle_and_a_wrong_mask_is_not(tiny_dir) -> None:
+    from cattune.training.attention import causal_mass
+    from cattune.training.data import split_mask
+
+    tokenizer = load_tokenizer(tiny_dir)
+    model = load_model(tiny_dir).eval()
+    data = encode_rows(tokenizer, ROWS[:8])
+    batch = CATCollator(tokenizer.pad_token_id)([data[i] for i in range(8)])
+    inputs, mask = split_mask(batch)
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    with torch.no_grad():
+        _, oracle = causal_mass(model, ids, attention, mask, implementation="eager")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, fast = causal_mass(model, ids, attention, mask, implementation="efficient")
+        shifted = type(mask)(mask.group_cols.roll(1, dims=-1), mask.row_group)
+        _, wrong = causal_mass(model, ids, attention, shifted, implementation="eager")
+    rows = mask.row_group >= 0
+    error = (fast.float() - oracle)[rows].abs().max()
+    assert error < 2e-2, "bf16 rounding stays within ~1e-2 of the fp32 mass"
+    assert (wrong - oracle)[rows].abs().max() > 5 * error, "a mask one column off is caught"

@@ -1,21 +1,30 @@
 """The train / eval entry points behind ``cattune train`` / ``cattune eval`` and job files.
 
-Options have the CLI names with underscores; a :class:`cattune.schemas.TrainingJob`'s ``config``
-uses the same names. ``train`` writes to ``out``: ``model/`` (an ordinary Hugging Face model dir;
-LoRA adapters are merged), ``metrics.json``, ``log_history.json``, ``options.json``, ``plots/``.
+``train`` takes the three dataclasses of :mod:`cattune.training.config` and writes to
+``output_dir``: ``model/`` (an ordinary Hugging Face model dir; LoRA adapters are merged),
+``metrics.json``, ``log_history.json``, ``options.json``, ``plots/``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from cattune.schemas import AnnotatedExample, ConfigError, InputError
+from cattune.training.config import (
+    FULL_LR,
+    LORA_LR,
+    TINY_LR,
+    CATConfig,
+    EvalArguments,
+    ModelArguments,
+    ScriptArguments,
+    parse_train_args,
+)
+from cattune.training.models import TINY
 from cattune.training.release_io import (
     MANIFEST,
     read_job,
@@ -26,74 +35,15 @@ from cattune.training.release_io import (
 
 log = logging.getLogger(__name__)
 
-TINY = "tiny"
 TRAIN_SPLIT = "train"
-TINY_LR = 3e-3
-MODEL_LR = 2e-5
 
 
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    batch_size: int = Field(8, ge=1)
-    max_length: int | None = Field(None, ge=2)
-    attn_implementation: Literal["efficient", "eager"] = "efficient"
-    progress: bool = True
-
-
-class TrainOptions(_Options):
-    """Everything ``cattune train`` accepts (and a job file's ``config``)."""
-
-    release: str | None = None
-    data: str | None = None
-    split: str | None = Field(None, description="default: 'train' of a release, all of --data")
-    model: str = TINY
-    mode: Literal["cat", "baseline"] = "cat"
-    alpha: float = Field(2.0, gt=0)
-    loss_type: Literal["div", "div2", "nll", "hinge"] = "div"
-    attn_weight: float = Field(1.0, ge=0)
-    decay: float = Field(1.0, ge=0)
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = -1
-    lr: float | None = Field(None, gt=0, description=f"default {TINY_LR} for tiny, else {MODEL_LR}")
-    grad_accum: int = Field(1, ge=1)
-    layers: list[int] | None = None
-    lora_r: int | None = Field(None, ge=1)
-    seed: int = 0
-    logging_steps: int = Field(10, ge=1)
-    eval_data: list[str] = Field(default_factory=list)
-    eval_split: list[str] | None = None
-    out: str = "cattune-run"
-
-
-class EvalOptions(_Options):
-    """Everything ``cattune eval`` accepts."""
-
-    model: str
-    data: list[str]
-    split: list[str] | None = None
-    max_new_tokens: int | None = Field(None, ge=1)
-    out: str | None = None
-
-
-def parse_options(model: type[BaseModel], values: dict[str, Any]) -> Any:
-    """Validate options; mistakes become a ConfigError naming the option."""
-    try:
-        return model.model_validate(values)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
-            for e in error.errors()
-        )
-        raise ConfigError(f"invalid options: {problems}") from error
-
-
-def options_from_job(job_path: str, overrides: dict[str, Any]) -> TrainOptions:
-    """A job file's release and config, with options given explicitly on the CLI on top."""
+def train_args_from_job(
+    job_path: str, argv: list[str]
+) -> tuple[ScriptArguments, ModelArguments, CATConfig]:
+    """A job file's release and config, with flags given explicitly on the command line on top."""
     job = read_job(job_path)
-    values = {**job.config, "release": job.release_dir}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return parse_options(TrainOptions, values)
+    return parse_train_args(argv, {**job.config, "release": job.release_dir})
 
 
 def load_rows(path: str, splits: list[str] | None = None) -> list[AnnotatedExample]:
@@ -116,106 +66,88 @@ def _with_split(row: AnnotatedExample, name: str) -> AnnotatedExample:
     return row.model_copy(update={"meta": row.meta.model_copy(update={"split": name})})
 
 
-def _training_rows(options: TrainOptions) -> list[AnnotatedExample]:
-    if (options.release is None) == (options.data is None):
+def _training_rows(script: ScriptArguments) -> list[AnnotatedExample]:
+    if (script.release is None) == (script.data is None):
         raise ConfigError("give exactly one of --release DIR, --data FILE.parquet or --job FILE")
-    if options.release is not None:
-        return read_release(options.release, [options.split or TRAIN_SPLIT])
-    assert options.data is not None
-    return load_rows(options.data, None if options.split is None else [options.split])
+    if script.release is not None:
+        return read_release(script.release, [script.split or TRAIN_SPLIT])
+    assert script.data is not None
+    return load_rows(script.data, None if script.split is None else [script.split])
 
 
-def _eval_rows(options: TrainOptions) -> list[AnnotatedExample]:
-    if options.eval_data:
+def _eval_rows(script: ScriptArguments) -> list[AnnotatedExample]:
+    if script.eval_data:
         rows: list[AnnotatedExample] = []
-        for path in options.eval_data:
-            rows.extend(load_rows(path, options.eval_split))
+        for path in script.eval_data:
+            rows.extend(load_rows(path, script.eval_split))
         return rows
-    if options.release is not None:
-        trained_on = options.split or TRAIN_SPLIT
-        others = [s for s in release_splits(options.release) if s != trained_on]
-        return read_release(options.release, others) if others else []
+    if script.release is not None:
+        trained_on = script.split or TRAIN_SPLIT
+        others = [s for s in release_splits(script.release) if s != trained_on]
+        if script.eval_split is not None:
+            others = [s for s in others if s in script.eval_split]
+        return read_release(script.release, others) if others else []
     return []
 
 
-def train(options: TrainOptions) -> dict[str, Any]:
-    """Fine-tune (CAT or baseline), save the model, evaluate, and write metrics and plots."""
-    import torch
-    from transformers import PrinterCallback, set_seed
+def default_learning_rate(model_args: ModelArguments) -> float:
+    """What suits each kind of model when ``learning_rate`` is not given."""
+    if model_args.model == TINY:
+        return TINY_LR
+    return LORA_LR if model_args.lora_r else FULL_LR
 
-    from cattune.training.config import CATConfig
+
+def train(script: ScriptArguments, model_args: ModelArguments, config: CATConfig) -> dict[str, Any]:
+    """Fine-tune (CAT or baseline), save the model, evaluate, and write metrics and plots."""
+    from transformers import set_seed
+
     from cattune.training.data import CATCollator, encode_rows
+    from cattune.training.models import load_model, load_tokenizer, resolve_model
     from cattune.training.plots import plot_training
-    from cattune.training.tiny import build_tiny_model, load_model, load_tokenizer
+    from cattune.training.tiny import build_tiny_model
     from cattune.training.trainer import CATTrainer
 
-    _quiet_transformers(options.progress)
-    rows = _training_rows(options)
-    eval_rows = _eval_rows(options)
-    out = Path(options.out)
-    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    args = CATConfig(
-        output_dir=str(out / "checkpoints"),
-        mode=options.mode,
-        alpha=options.alpha,
-        loss_type=options.loss_type,
-        attn_weight=options.attn_weight,
-        decay=options.decay,
-        cat_layers=options.layers,
-        attn_implementation=options.attn_implementation,
-        max_length=options.max_length,
-        num_train_epochs=options.epochs,
-        max_steps=options.max_steps,
-        learning_rate=options.lr or (TINY_LR if options.model == TINY else MODEL_LR),
-        per_device_train_batch_size=options.batch_size,
-        gradient_accumulation_steps=options.grad_accum,
-        logging_steps=options.logging_steps,
-        seed=options.seed,
-        data_seed=options.seed,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=not options.progress,
-        # accelerate runs multi-process CPU training (gloo) only when told to use the CPU
-        use_cpu=cpu_ddp,
-        ddp_backend="gloo" if cpu_ddp else None,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    set_seed(options.seed)
-    model_dir = Path(options.model)
-    if options.model == TINY:
-        model_dir = out / "base-model"
-        with args.main_process_first(local=True, desc="build the tiny model"):
-            if not (model_dir / "config.json").is_file():
-                build_tiny_model(
-                    [r.prompt + r.completion for r in rows], model_dir, seed=options.seed
-                )
+    _quiet_transformers(not config.disable_tqdm)
+    rows = _training_rows(script)
+    eval_rows = _eval_rows(script)
+    out = Path(config.output_dir)
+    if config.learning_rate is None:
+        config.learning_rate = default_learning_rate(model_args)
+        log.info("learning rate %g (the default for this model)", config.learning_rate)
+    set_seed(config.seed)
+    if model_args.model == TINY:
+        model_dir = str(out / "base-model")
+        with config.main_process_first(local=True, desc="build the tiny model"):
+            if not (out / "base-model" / "config.json").is_file():
+                texts = [r.prompt + r.completion for r in rows]
+                build_tiny_model(texts, model_dir, seed=config.seed)
+    else:
+        with config.main_process_first(local=True, desc="resolve the model"):
+            model_dir = resolve_model(model_args.model)
     tokenizer = load_tokenizer(model_dir)
-    dataset = encode_rows(tokenizer, rows, options.max_length)
-    if options.mode == "cat" and dataset.rows_with_relations == 0:
+    dataset = encode_rows(tokenizer, rows, config.max_length)
+    if config.mode == "cat" and dataset.rows_with_relations == 0:
         raise ConfigError(
             "no training row has a causal relation that maps to tokens, so CAT has nothing to "
             "learn from; annotate the data (cattune annotate) or use --mode baseline"
         )
-    model = load_model(model_dir)
+    model = load_model(model_dir, dtype=model_args.dtype)
     n_layers = model.config.num_hidden_layers
-    if options.layers is not None and not all(0 <= i < n_layers for i in options.layers):
-        raise ConfigError(f"--layers {options.layers}: the model has layers 0..{n_layers - 1}")
-    if options.lora_r:
-        model = _with_lora(model, options.lora_r)
+    if config.cat_layers is not None and not all(0 <= i < n_layers for i in config.cat_layers):
+        raise ConfigError(f"--layers {config.cat_layers}: the model has layers 0..{n_layers - 1}")
+    if model_args.lora_r:
+        model = _with_lora(model, model_args, bool(config.activation_checkpointing))
     trainer = CATTrainer(
         model=model,
-        args=args,
+        args=config,
         train_dataset=dataset,
         data_collator=CATCollator(tokenizer.pad_token_id),
     )
-    if not options.progress:
-        trainer.remove_callback(PrinterCallback)
     result = trainer.train()
     if not trainer.is_world_process_zero():
         return {}
     final = trainer.model
-    if options.lora_r:
+    if model_args.lora_r:
         final = final.merge_and_unload()
     final.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
@@ -227,25 +159,32 @@ def train(options: TrainOptions) -> dict[str, Any]:
             "rows_with_relations": dataset.rows_with_relations,
             "rows_truncated_away": dataset.truncated_away,
             "steps": trainer.state.global_step,
+            "learning_rate": config.learning_rate,
+            "bf16": config.bf16,
             **_first_last(history, ("lm_loss", "attn_loss", "causal_ratio")),
         },
-        "mode": options.mode,
+        "mode": config.mode,
     }
     if eval_rows:
         from cattune.training.evaluate import evaluate_rows, write_results
 
         evaluated, predictions = evaluate_rows(
-            final, tokenizer, eval_rows, batch_size=options.batch_size,
-            max_length=options.max_length, implementation=options.attn_implementation,
-            progress=options.progress,
+            final, tokenizer, eval_rows, batch_size=config.per_device_train_batch_size,
+            max_length=config.max_length, implementation=config.attn_implementation,
+            progress=not config.disable_tqdm,
         )  # fmt: skip
         metrics["eval"] = evaluated
         write_results(out / "eval", evaluated, predictions)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (out / "log_history.json").write_text(json.dumps(history, indent=2))
-    (out / "options.json").write_text(options.model_dump_json(indent=2))
-    plot_training(history, out / "plots", title=options.mode)
+    options = {
+        "script": asdict(script),
+        "model": asdict(model_args),
+        "config": json.loads(config.to_json_string()),
+    }
+    (out / "options.json").write_text(json.dumps(options, indent=2, sort_keys=True))
+    plot_training(history, out / "plots", title=config.mode)
     return metrics
 
 
@@ -266,27 +205,36 @@ def _first_last(history: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[st
     return found
 
 
-def _with_lora(model: Any, rank: int) -> Any:
+def _with_lora(model: Any, model_args: ModelArguments, checkpointing: bool) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    if checkpointing:
+        # Checkpointed blocks need an input that requires grad when the base weights are frozen.
+        model.enable_input_require_grads()
+    rank = model_args.lora_r
+    assert rank is not None
     config = LoraConfig(
         r=rank,
-        lora_alpha=2 * rank,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        lora_alpha=model_args.lora_alpha or 2 * rank,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        raise ConfigError(f"LoRA: {error} (see --lora_target_modules)") from error
 
 
-def evaluate_model(options: EvalOptions) -> dict[str, Any]:
+def evaluate_model(options: EvalArguments) -> dict[str, Any]:
     """Evaluate a saved model on one or more data sources; writes metrics.json + predictions."""
     from cattune.training.evaluate import evaluate_rows, write_results
-    from cattune.training.tiny import load_model, load_tokenizer
+    from cattune.training.models import load_model, load_tokenizer, resolve_model
 
-    _quiet_transformers(options.progress)
-    tokenizer = load_tokenizer(options.model)
-    model = load_model(options.model)
+    _quiet_transformers(not options.quiet)
+    model_dir = resolve_model(options.model)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir)
     rows: list[AnnotatedExample] = []
     for path in options.data:
         rows.extend(load_rows(path, options.split))
@@ -295,7 +243,7 @@ def evaluate_model(options: EvalOptions) -> dict[str, Any]:
     metrics, predictions = evaluate_rows(
         model, tokenizer, rows, batch_size=options.batch_size,
         max_new_tokens=options.max_new_tokens, max_length=options.max_length,
-        implementation=options.attn_implementation, progress=options.progress,
+        implementation=options.attn_implementation, progress=not options.quiet,
     )  # fmt: skip
-    write_results(options.out or Path(options.model) / "eval", metrics, predictions)
+    write_results(options.out or Path(model_dir) / "eval", metrics, predictions)
     return metrics

@@ -1,9 +1,9 @@
-"""Tiny local models for tests and smoke runs, and loading of any local causal LM.
+"""Tiny local models for tests and smoke runs.
 
 ``--model tiny`` trains a small byte-level BPE tokenizer on the training text (exact round trip
 from ids back to text, so generated answers compare as written), builds a randomly initialised
 small Llama, and saves both as an ordinary Hugging Face model directory. From then on it is
-loaded by the same code that loads a real checkpoint.
+loaded by the same code that loads a real checkpoint (:mod:`cattune.training.models`).
 """
 
 from __future__ import annotations
@@ -15,24 +15,16 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from cattune.schemas import (
     AnnotatedExample,
     Annotation,
-    ConfigError,
     Meta,
     PhraseRelation,
     align,
     example_id,
 )
-from cattune.training.data import require_fast
 
 log = logging.getLogger(__name__)
 
@@ -109,40 +101,6 @@ def build_tiny_model(
         out,
     )
     return out
-
-
-def load_tokenizer(path: str | Path):
-    """The fast tokenizer of a local model directory (padding token defaults to EOS)."""
-    root = _model_dir(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(root)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot load a tokenizer from {root}: {error}") from error
-    require_fast(tokenizer)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model(path: str | Path, **kwargs):
-    """A causal LM from a local directory, loaded as for any Hugging Face checkpoint."""
-    root = _model_dir(path)
-    try:
-        return AutoModelForCausalLM.from_pretrained(root, **kwargs)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot load a causal language model from {root}: {error}") from error
-
-
-def _model_dir(path: str | Path) -> Path:
-    root = Path(path)
-    if not root.is_dir():
-        raise ConfigError(
-            f"model directory {root} does not exist; pass a local Hugging Face model directory "
-            "(config.json, weights, tokenizer) or --model tiny"
-        )
-    if not (root / "config.json").is_file():
-        raise ConfigError(f"{root} has no config.json; it is not a Hugging Face model directory")
-    return root
 
 
 def toy_rows(

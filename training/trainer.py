@@ -3,13 +3,17 @@
 In ``cat`` mode every step computes the causal mass of each row alongside the forward pass and
 adds ``attn_weight * exp(-decay * epoch) * L_attn``. In ``baseline`` mode the attention term is
 off; the causal ratio is still measured on logging steps (from the same forward pass, so it costs
-little) so that runs can be compared. Logged means per logging interval: ``lm_loss``,
-``attn_loss``, ``attn_weight``, ``causal_ratio`` (a1/a0), ``a1``, ``a0``.
+little) so that runs can be compared. Logged means per logging interval, over all processes:
+``lm_loss``, ``attn_loss``, ``attn_weight``, ``causal_ratio`` (a1/a0), ``a1``, ``a0``.
+
+In training, the LM head runs only on the positions from the batch's first label on (through the
+model's ``logits_to_keep``): the loss is the same, and on a 49k vocabulary with short answers
+that saves most of the head's work.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import inspect
 from typing import Any
 
 import torch
@@ -18,7 +22,7 @@ from transformers import Trainer
 
 from cattune.training.attention import causal_mass
 from cattune.training.config import CATConfig
-from cattune.training.data import split_mask
+from cattune.training.data import IGNORE_INDEX, split_mask
 from cattune.training.loss import attention_weight, reattention_loss
 
 
@@ -42,6 +46,23 @@ class _Wrapped:
         return self.wrapper(**kwargs)
 
 
+LOGGED = ("lm_loss", "attn_loss", "attn_weight", "causal_ratio", "a1", "a0")
+
+
+def keep_label_logits(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``inputs`` with ``logits_to_keep`` set to cover every label, and labels cut to match.
+
+    The model's loss shifts labels by one, so the kept window starts one position before the
+    batch's first label; the loss is the same as over all positions.
+    """
+    labels = inputs["labels"]
+    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+    if labelled.numel() == 0:
+        return inputs
+    keep = min(labels.shape[1] - int(labelled[0]) + 1, labels.shape[1])
+    return {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
+
+
 class CATTrainer(Trainer):
     """Trainer whose ``args`` is a :class:`CATConfig` and whose batches come from CATCollator."""
 
@@ -53,8 +74,10 @@ class CATTrainer(Trainer):
             raise TypeError("CATTrainer needs a CATConfig as args")
         # The LM loss is the model's per-batch mean; the Trainer divides it for accumulation.
         self.model_accepts_loss_kwargs = False
-        self._sums: dict[str, float] = defaultdict(float)
-        self._counts: dict[str, float] = defaultdict(float)
+        self._sums = torch.zeros(len(LOGGED), dtype=torch.float64)
+        self._counts = torch.zeros(len(LOGGED), dtype=torch.float64)
+        forward = self.accelerator.unwrap_model(self.model).forward
+        self._trim_logits = "logits_to_keep" in inspect.signature(forward).parameters
 
     def attention_weight_now(self) -> float:
         epoch = float(self.state.epoch or 0.0)
@@ -73,6 +96,8 @@ class CATTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         args = self.args
         model_inputs, mask = split_mask(inputs)
+        if model.training and self._trim_logits and "labels" in model_inputs:
+            model_inputs = keep_label_logits(model_inputs)
         cat = args.mode == "cat"
         attn = None
         # A batch without any causal column (no relations survived tokenization) has no
@@ -112,14 +137,19 @@ class CATTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _add(self, key: str, value: float, count: float) -> None:
-        self._sums[key] += value
-        self._counts[key] += count
+        index = LOGGED.index(key)
+        self._sums[index] += value
+        self._counts[index] += count
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._counts:
-            for key, count in self._counts.items():
+        if "loss" in logs:
+            # Every process logs at the same step: sums and counts are gathered across ranks.
+            local = torch.stack([self._sums, self._counts]).to(self.args.device)
+            gathered = self.accelerator.gather(local[None]).reshape(-1, 2, len(LOGGED)).sum(0)
+            sums, counts = gathered.cpu().tolist()
+            for key, total, count in zip(LOGGED, sums, counts, strict=True):
                 if count:
-                    logs[key] = self._sums[key] / count
-            self._sums.clear()
-            self._counts.clear()
+                    logs[key] = total / count
+            self._sums.zero_()
+            self._counts.zero_()
         super().log(logs, start_time)

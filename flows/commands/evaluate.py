@@ -8,48 +8,32 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
+        add_help=False,  # `cattune eval --help` is the generated parser's help
         help="evaluate a fine-tuned model: accuracy per split and causal-attention ratio",
-        description=(
-            "Greedy generation on the prompts of a release or Parquet file, exact-match accuracy "
-            "after normalisation (numbers compare numerically, a leading 'Answer:' is ignored, "
-            "case-insensitive), per split and IID vs OOD, and the causal-attention ratio a1/a0 "
-            "on rows with relations. Writes metrics.json and predictions.jsonl."
-        ),
     )
-    parser.add_argument("--model", required=True, help="local model directory")
-    parser.add_argument(
-        "--data", required=True, action="append", help="release dir or Parquet (repeatable)"
-    )
-    parser.add_argument("--split", action="append", help="only these splits (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, help="default: longest answer + 4")
-    parser.add_argument("--max-length", type=int, help="truncate rows for the causal ratio")
-    parser.add_argument("--attn-implementation", choices=("efficient", "eager"))
-    parser.add_argument("--out", help="output directory (default MODEL/eval)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, passes_flags_on=True)
+
+
+DESCRIPTION = (
+    "Greedy generation on the prompts of a release or Parquet file, exact-match accuracy after "
+    "normalisation (numbers compare numerically, a leading 'Answer:' is ignored, "
+    "case-insensitive), per split and IID vs OOD, and the causal-attention ratio a1/a0 on rows "
+    "with relations. Writes metrics.json and predictions.jsonl."
+)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from transformers import HfArgumentParser
 
-    from cattune.training.run import EvalOptions, evaluate_model, parse_options
+    from cattune.training.config import EvalArguments
+    from cattune.training.run import evaluate_model
 
-    values = {
-        "model": args.model,
-        "data": args.data,
-        "split": args.split,
-        "batch_size": args.batch_size,
-        "max_new_tokens": args.max_new_tokens,
-        "max_length": args.max_length,
-        "attn_implementation": args.attn_implementation,
-        "out": args.out,
-        "progress": not args.quiet,
-    }
-    options = parse_options(EvalOptions, {k: v for k, v in values.items() if v is not None})
+    parser = HfArgumentParser(EvalArguments, prog="cattune eval", description=DESCRIPTION)
+    (options,) = parser.parse_args_into_dataclasses(args.extra, look_for_args_file=False)
     metrics = evaluate_model(options)
-    table = Table(title=f"cattune eval {args.model}", title_justify="left")
+    table = Table(title=f"cattune eval {options.model}", title_justify="left")
     for column in ("split", "n", "accuracy", "causal ratio"):
         table.add_column(column, justify="left" if column == "split" else "right")
     groups = {**metrics["splits"], **{k: metrics[k] for k in ("iid", "ood") if k in metrics}}
