@@ -302,7 +302,8 @@ def test_offsets_array_shape_is_accepted() -> None:
 def test_reference_rows_map_to_rectangles_on_the_completion(reference_data: Path) -> None:
     from cattune.pipeline.convert import convert_source
 
-    rows, _ = convert_source(reference_data / "STG" / "spurious_token_game_train3_S.jsonl")
+    path = reference_data / "STG" / "spurious_token_game_train3_S.jsonl"
+    rows = convert_source(path).records
     rows = rows[:40]
     tokenizer = build_tokenizer([r.prompt + r.completion for r in rows], vocab_size=400)
     data = encode_rows(tokenizer, rows)
