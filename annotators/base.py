@@ -14,6 +14,23 @@ AnnotationResult = AnnotatedExample | QuarantinedExample
 # Source rows may carry phrase relations of their own (the CAT authors' `important` field, the
 # STG generator's gold relations) as wire-format JSON under this meta.extra key.
 GIVEN_RELATIONS_KEY = "relations"
+# What of those given relations was malformed and left out (a JSON list of messages); the row is
+# kept with the rest, and the messages become problems of the annotated row.
+GIVEN_PROBLEMS_KEY = "relations_problems"
+
+
+def given_problems(example: Example) -> list[str]:
+    """The messages a source left under :data:`GIVEN_PROBLEMS_KEY` (none when absent)."""
+    raw = example.meta.extra.get(GIVEN_PROBLEMS_KEY)
+    if raw is None:
+        return []
+    try:
+        problems = json.loads(raw)
+    except json.JSONDecodeError:
+        return [raw]
+    if isinstance(problems, list):
+        return [str(p) for p in problems]
+    return [str(problems)]
 
 
 @runtime_checkable

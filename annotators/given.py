@@ -16,22 +16,47 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from cattune.annotators.base import GIVEN_RELATIONS_KEY, AnnotationResult, stable_hash
+from cattune.annotators.base import (
+    GIVEN_RELATIONS_KEY,
+    AnnotationResult,
+    given_problems,
+    stable_hash,
+)
 from cattune.schemas import (
+    BOUNDARIES,
     AnnotatedExample,
     Annotation,
+    Boundary,
     ConfigError,
     Example,
     PhraseRelation,
     QuarantinedExample,
     align,
-    parse_phrase_relations,
+    salvage_phrase_relations,
 )
 from cattune.schemas.phrases import Strategy
 
 
 def _fields(example: Example) -> dict[str, Any]:
     return {name: getattr(example, name) for name in Example.model_fields}
+
+
+def given_relations(example: Example) -> tuple[list[PhraseRelation] | None, list[str]]:
+    """The phrase relations a row carries (None when it carries none) and their problems.
+
+    The problems are the malformed parts the source left out (:data:`GIVEN_PROBLEMS_KEY`) and
+    whatever of the stored relation JSON cannot be read; the well-formed relations are kept.
+    """
+    problems = given_problems(example)
+    raw = example.meta.extra.get(GIVEN_RELATIONS_KEY)
+    if raw is None:
+        return None, problems
+    try:
+        wire = json.loads(raw)
+    except json.JSONDecodeError as error:
+        return [], [*problems, f"the row's given relations are not JSON: {error.msg}"]
+    relations, malformed = salvage_phrase_relations(wire)
+    return relations, problems + malformed
 
 
 class GivenAnnotator:
@@ -41,14 +66,22 @@ class GivenAnnotator:
     version = "1.0"
     strict = False
 
-    def __init__(self, *, strategy: Strategy = "all") -> None:
+    def __init__(self, *, strategy: Strategy = "all", boundary: Boundary = "word") -> None:
         if strategy not in ("all", "nearest"):
             raise ConfigError(f"unknown alignment strategy {strategy!r}; use 'all' or 'nearest'")
+        if boundary not in BOUNDARIES:
+            raise ConfigError(f"unknown boundary {boundary!r}; use 'word' or 'none'")
         self.strategy: Strategy = strategy
+        self.boundary: Boundary = boundary
 
     def config_hash(self) -> str:
         return stable_hash(
-            {"annotator": self.name, "version": self.version, "strategy": self.strategy}
+            {
+                "annotator": self.name,
+                "version": self.version,
+                "strategy": self.strategy,
+                "boundary": self.boundary,
+            }
         )
 
     def _annotation(self) -> Annotation:
@@ -66,18 +99,19 @@ class GivenAnnotator:
 
     def _annotate_one(self, example: Example) -> AnnotationResult:
         raw = example.meta.extra.get(GIVEN_RELATIONS_KEY)
-        if raw is None:
+        phrases, malformed = given_relations(example)
+        if phrases is None:
             return self._quarantine(
                 example,
                 f"the row carries no relations (meta.extra[{GIVEN_RELATIONS_KEY!r}]); "
                 "annotate it with the prior or an LLM annotator instead",
                 None,
             )
-        try:
-            phrases: list[PhraseRelation] = parse_phrase_relations(json.loads(raw))
-        except (ValueError, TypeError) as error:
+        if not phrases and malformed:
             return self._quarantine(
-                example, f"the row's given relations are not valid relation JSON: {error}", raw
+                example,
+                f"the row's given relations are not valid relation JSON: {'; '.join(malformed)}",
+                raw,
             )
         if not phrases:
             return self._quarantine(
@@ -86,8 +120,8 @@ class GivenAnnotator:
                 "annotator, or drop it",
                 raw,
             )
-        alignment = align(example.text, phrases, strategy=self.strategy)
-        problems = [p.message for p in alignment.problems]
+        alignment = align(example.text, phrases, strategy=self.strategy, boundary=self.boundary)
+        problems = malformed + [p.message for p in alignment.problems]
         if not alignment.relations or (self.strict and problems):
             what = "; ".join(problems) or "no relation aligned"
             return self._quarantine(

@@ -51,7 +51,7 @@ from cattune.schemas import (
     Example,
     cattune_home,
 )
-from cattune.schemas.phrases import Strategy
+from cattune.schemas.phrases import Boundary, Strategy
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -198,6 +198,7 @@ class LLMAnnotator:
         structured_output: bool = True,
         cache: str | Path | Literal[False] | None = None,
         strategy: Strategy = "all",
+        boundary: Boundary = "word",
         progress: bool | None = None,
     ) -> None:
         if not model:
@@ -223,6 +224,7 @@ class LLMAnnotator:
         self.structured_output = structured_output
         self.cache_path = None if cache is False else Path(cache or default_cache_path())
         self.strategy = strategy
+        self.boundary = boundary
         self.progress = progress
         self.last_run = RunStats()
         self._pack_hash = self.pack.content_hash
@@ -285,7 +287,11 @@ class LLMAnnotator:
             pending: dict[str, list[int]] = {}
             for index, (example, key) in enumerate(zip(examples, keys, strict=True)):
                 hit = hits.get(key)
-                checked = check_reply(hit.reply, example.text, self.strategy) if hit else None
+                checked = (
+                    check_reply(hit.reply, example.text, self.strategy, self.boundary)
+                    if hit
+                    else None
+                )
                 if hit is not None and checked is not None and checked.ok:
                     annotation = self._annotation(hit.attempts, hit.created_at)
                     results[index] = annotated(example, checked, annotation)
@@ -379,12 +385,12 @@ class LLMAnnotator:
         try:
             reply, used = await self._complete(run, messages)
             attempts += used
-            checked = check_reply(reply, text, self.strategy)
+            checked = check_reply(reply, text, self.strategy, self.boundary)
             if not checked.ok:
                 repair = build_repair_messages(messages, reply, checked.problems)
                 reply, used = await self._complete(run, repair)
                 attempts += used
-                checked = check_reply(reply, text, self.strategy)
+                checked = check_reply(reply, text, self.strategy, self.boundary)
                 if not checked.ok:
                     return quarantined(
                         example,

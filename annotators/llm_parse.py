@@ -23,7 +23,7 @@ from cattune.schemas import (
     align,
     parse_phrase_relations,
 )
-from cattune.schemas.phrases import Strategy
+from cattune.schemas.phrases import Boundary, Strategy
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
 _DECODER = json.JSONDecoder()
@@ -100,7 +100,9 @@ def read_relations(reply: str) -> list[PhraseRelation]:
     raise ValueError(f"the JSON in the reply is not a list of relations: {first_error}")
 
 
-def check_reply(reply: str, text: str, strategy: Strategy = "all") -> CheckedReply:
+def check_reply(
+    reply: str, text: str, strategy: Strategy = "all", boundary: Boundary = "word"
+) -> CheckedReply:
     """Read a reply and align it to ``text``; every reason it cannot be used goes in problems."""
     try:
         relations = read_relations(reply)
@@ -108,7 +110,7 @@ def check_reply(reply: str, text: str, strategy: Strategy = "all") -> CheckedRep
         return CheckedReply(relations=[], alignment=None, problems=[str(error)])
     if not relations:
         return CheckedReply(relations=[], alignment=None, problems=["the reply lists no relations"])
-    alignment = align(text, relations, strategy=strategy)
+    alignment = align(text, relations, strategy=strategy, boundary=boundary)
     problems = list(dict.fromkeys(problem.message for problem in alignment.problems))
     if not alignment.relations and not problems:
         problems.append("no relation could be placed in the text")

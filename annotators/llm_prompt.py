@@ -154,5 +154,6 @@ def prompted_config_hash(annotator: Any) -> str:
             "prompt_hash": prompt_hash(annotator.pack),
             "structured_output": annotator.structured_output,
             "strategy": annotator.strategy,
+            "boundary": annotator.boundary,
         }
     )

@@ -32,7 +32,7 @@ from cattune.annotators.llm_prompt import (
 )
 from cattune.annotators.pack import PriorPack
 from cattune.schemas import Annotation, ConfigError, Example
-from cattune.schemas.phrases import Strategy
+from cattune.schemas.phrases import Boundary, Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class VLLMAnnotator:
         seed: int | None = None,
         structured_output: bool = True,
         strategy: Strategy = "all",
+        boundary: Boundary = "word",
         engine_options: dict[str, Any] | None = None,
         progress: bool = True,
         vllm_module: Any | None = None,
@@ -110,6 +111,7 @@ class VLLMAnnotator:
         self.decoding = Decoding(temperature, max_tokens, top_p, seed)
         self.structured_output = structured_output
         self.strategy = strategy
+        self.boundary = boundary
         self.engine_options = dict(engine_options or {})
         self.progress = progress
         self._engine: Any | None = None
@@ -144,7 +146,8 @@ class VLLMAnnotator:
         try:
             replies = self._chat(chats)
             checked = [
-                check_reply(r, t, self.strategy) for r, t in zip(replies, texts, strict=True)
+                check_reply(r, t, self.strategy, self.boundary)
+                for r, t in zip(replies, texts, strict=True)
             ]
             attempts = [1] * len(texts)
             redo = [i for i, c in enumerate(checked) if not c.ok]
@@ -154,7 +157,7 @@ class VLLMAnnotator:
                 ]
                 for i, reply in zip(redo, self._chat(repairs), strict=True):
                     replies[i] = reply
-                    checked[i] = check_reply(reply, texts[i], self.strategy)
+                    checked[i] = check_reply(reply, texts[i], self.strategy, self.boundary)
                     attempts[i] = 2
         except ConfigError:
             raise

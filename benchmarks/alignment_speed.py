@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    rows, _ = convert_source(args.file)
+    rows = convert_source(args.file).records
     rows = [r for r in rows if r.relations]
     tokenizer = build_tokenizer(r.text for r in rows)
     results = {}

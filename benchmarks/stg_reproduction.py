@@ -90,7 +90,7 @@ def load_splits(variant: str, source: str, seed: int, settings: Settings) -> dic
 
     splits: dict[str, list] = {}
     for split, name in zip(SPLITS, AUTHOR_FILES[variant], strict=True):
-        rows, _ = convert_source(REFERENCE / name, format="cat")
+        rows = convert_source(REFERENCE / name, format="cat").records
         meta = {"split": split, "ood": split == "ood_test"}
         rows = [r.model_copy(update={"meta": r.meta.model_copy(update=meta)}) for r in rows]
         if split == "train":

@@ -1,14 +1,15 @@
 """Import rows that carry their own phrase relations (the CAT authors' JSONL) as contract rows.
 
-Every input row is kept: relations are whatever aligned, and ``problems`` lists what did not (the
-:class:`~cattune.schemas.AlignmentProblem` messages, or ``"no relations given"`` when the row has
-no or an empty ``important`` list). Malformed input is not skipped: the first bad row raises
-:class:`InputError` with its file and line, and nothing is written.
+Every input row comes out. A row that can be read is converted: relations are whatever aligned,
+and ``problems`` lists what did not (the :class:`~cattune.schemas.AlignmentProblem` messages, the
+parts of a malformed ``important`` that were left out, or ``"no relations given"`` when the row has
+no or an empty ``important`` list). A row that cannot be read (invalid JSON, no text in ``input``)
+is quarantined with its raw text and the reason. Only whole-file problems raise
+:class:`InputError`, and then nothing is written.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -16,30 +17,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
-from cattune.annotators.base import GIVEN_RELATIONS_KEY, stable_hash
-from cattune.annotators.given import GivenAnnotator
-from cattune.pipeline.sources import SourceFormat, read_source
+from cattune.annotators.base import stable_hash
+from cattune.annotators.given import GivenAnnotator, given_relations
+from cattune.pipeline.sources import SourceFormat, malformed_row, read_source
 from cattune.schemas import (
     AnnotatedExample,
     Annotation,
+    Boundary,
     Example,
     InputError,
-    PhraseRelation,
+    QuarantinedExample,
     align,
-    parse_phrase_relations,
+    find_occurrences,
     to_table,
 )
 from cattune.schemas.phrases import Strategy
 
 NO_RELATIONS = "no relations given"
+MALFORMED_RELATIONS = "malformed_relations"  # the problem kind of a left-out part of `important`
 
 
 @dataclass
 class ConvertSummary:
     """What a conversion found; phrase counts are per mention (an effect and each of its causes)."""
 
-    rows: int = 0
+    rows: int = 0  # rows converted
+    rows_quarantined: int = 0  # malformed source rows, written to the quarantine file
     relations: int = 0  # span relations (one per aligned effect occurrence)
     phrases_found: int = 0
     phrases_missing: int = 0
@@ -49,7 +54,8 @@ class ConvertSummary:
 
     def as_rows(self) -> list[tuple[str, str]]:
         rows = [
-            ("rows", self.rows),
+            ("rows converted", self.rows),
+            ("rows quarantined (malformed)", self.rows_quarantined),
             ("relations (aligned effect spans)", self.relations),
             ("phrases found", self.phrases_found),
             ("phrases not found", self.phrases_missing),
@@ -59,31 +65,43 @@ class ConvertSummary:
         rows += [(f"  problem: {k}", v) for k, v in sorted(self.problem_kinds.items())]
         return [(name, str(value)) for name, value in rows]
 
+    def count(self, kind: str) -> None:
+        self.problem_kinds[kind] = self.problem_kinds.get(kind, 0) + 1
 
-def given_relations(example: Example) -> list[PhraseRelation] | None:
-    """The phrase relations a source row carried, or None when it carried none."""
-    wire = example.meta.extra.get(GIVEN_RELATIONS_KEY)
-    if wire is None:
-        return None
-    return parse_phrase_relations(json.loads(wire))
+
+@dataclass
+class Conversion:
+    """The converted rows, the quarantined (malformed) source rows, and the summary."""
+
+    records: list[AnnotatedExample]
+    quarantined: list[QuarantinedExample]
+    summary: ConvertSummary
 
 
 def annotate_given(
-    example: Example, annotation: Annotation, strategy: Strategy, summary: ConvertSummary
+    example: Example,
+    annotation: Annotation,
+    summary: ConvertSummary,
+    *,
+    strategy: Strategy = "all",
+    boundary: Boundary = "word",
 ) -> AnnotatedExample:
     """Align the row's own relations to spans and record what did not align."""
-    phrases = given_relations(example) or []
+    given, left_out = given_relations(example)
+    phrases = given or []
     text = example.text
-    alignment = align(text, phrases, strategy)
-    problems = [p.message for p in alignment.problems]
+    alignment = align(text, phrases, strategy, boundary)
+    problems = left_out + [p.message for p in alignment.problems]
+    for _ in left_out:
+        summary.count(MALFORMED_RELATIONS)
     for problem in alignment.problems:
-        summary.problem_kinds[problem.kind] = summary.problem_kinds.get(problem.kind, 0) + 1
+        summary.count(problem.kind)
     if not phrases:
         problems.append(NO_RELATIONS)
         summary.rows_without_relations += 1
     for relation in phrases:
         for phrase in (relation.effect, *relation.causes):
-            if phrase and phrase in text:
+            if phrase and find_occurrences(text, phrase, boundary):
                 summary.phrases_found += 1
             else:
                 summary.phrases_missing += 1
@@ -98,14 +116,15 @@ def annotate_given(
     )
 
 
-def convert_annotation(strategy: Strategy) -> Annotation:
+def convert_annotation(strategy: Strategy, boundary: Boundary = "word") -> Annotation:
     """Provenance of converted rows: the ``given`` annotator, with a config hash of its own
     because, unlike :class:`GivenAnnotator`, conversion keeps rows that carry no relations."""
     config = {"annotator": GivenAnnotator.name, "version": GivenAnnotator.version}
+    settings = {"strategy": strategy, "boundary": boundary, "keeps_every_row": True}
     return Annotation(
         annotator=GivenAnnotator.name,
         annotator_version=GivenAnnotator.version,
-        config_hash=stable_hash({**config, "strategy": strategy, "keeps_every_row": True}),
+        config_hash=stable_hash({**config, **settings}),
     )
 
 
@@ -114,28 +133,40 @@ def convert_source(
     *,
     format: SourceFormat = "cat",
     strategy: Strategy = "all",
+    boundary: Boundary = "word",
     source_name: str | None = None,
-) -> tuple[list[AnnotatedExample], ConvertSummary]:
-    """Read a source strictly and turn its given relations into contract rows."""
-    annotation = convert_annotation(strategy)
+) -> Conversion:
+    """Read a source and turn its given relations into contract rows; malformed rows are
+    quarantined, and only whole-file problems raise :class:`InputError`."""
+    annotation = convert_annotation(strategy, boundary)
+    unread = annotation.model_copy(update={"attempts": 0})
+    source = source_name or Path(path).name
     summary = ConvertSummary()
     records: list[AnnotatedExample] = []
+    quarantined: list[QuarantinedExample] = []
     for row in read_source(path, format=format, source_name=source_name):
         if row.example is None:
-            raise InputError(row.error or "malformed row", path=str(path), line=row.line)
-        records.append(annotate_given(row.example, annotation, strategy, summary))
-    return records, summary
+            quarantined.append(malformed_row(row, unread, source))
+            summary.rows_quarantined += 1
+            continue
+        records.append(
+            annotate_given(row.example, annotation, summary, strategy=strategy, boundary=boundary)
+        )
+    return Conversion(records, quarantined, summary)
 
 
-def write_parquet(records: Iterable[AnnotatedExample], out: str | Path) -> Path:
-    """Write contract rows to one Parquet file atomically (a temp file renamed into place)."""
+def write_parquet(
+    records: Iterable[BaseModel], out: str | Path, model: type[BaseModel] = AnnotatedExample
+) -> Path:
+    """Write contract rows (of ``model``) to one Parquet file atomically (a temp file renamed
+    into place)."""
     out = Path(out)
     if out.is_dir():
         raise InputError(
             "output is a directory; give a file name such as out.parquet", path=str(out)
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = to_table(records, AnnotatedExample)
+    table = to_table(records, model)
     handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(handle)
     try:

@@ -9,7 +9,11 @@ JSONL: ``input``/``target``/``important``) and ``contract`` (rows that already f
 content and columns.
 
 Rows are streamed. A malformed row becomes a :class:`SourceRow` with ``example=None`` and an
-``error`` a person can act on; only whole-file problems raise :class:`InputError`.
+``error`` a person can act on; a row whose given relations are partly malformed keeps its example
+and the well-formed relations, with the rest described under ``meta.extra[GIVEN_PROBLEMS_KEY]``.
+Only whole-file problems raise :class:`InputError`: a path that cannot be read, a text file that is
+not JSON Lines at all (none of its first lines is a JSON object), or no usable columns (a CSV
+header, a Parquet/Arrow schema, or the first JSON Lines objects without a prompt/completion pair).
 """
 
 from __future__ import annotations
@@ -26,8 +30,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from cattune.annotators.base import GIVEN_RELATIONS_KEY
-from cattune.schemas import Example, InputError, Meta, Relation, parse_phrase_relations
+from cattune.annotators.base import GIVEN_PROBLEMS_KEY, GIVEN_RELATIONS_KEY
+from cattune.schemas import (
+    Annotation,
+    Example,
+    InputError,
+    Meta,
+    QuarantinedExample,
+    Relation,
+    example_id,
+    salvage_phrase_relations,
+)
 
 SourceFormat = Literal["auto", "jsonl", "csv", "parquet", "hf", "cat", "contract"]
 SOURCE_FORMATS: tuple[str, ...] = get_args(SourceFormat)
@@ -41,6 +54,7 @@ FIELD_PAIRS: tuple[tuple[str, str], ...] = (
 CAT_RELATIONS_FIELD = "important"
 _META_FIELDS = ("split", "label", "ood")
 _SNIFF_BYTES = 8192
+_SNIFF_LINES = 32  # JSON Lines objects looked at for the whole-file checks
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
 
@@ -53,6 +67,19 @@ class SourceRow:
     example: Example | None
     error: str | None
     raw: str
+
+
+def malformed_row(row: SourceRow, annotation: Annotation, source: str) -> QuarantinedExample:
+    """A malformed source row as a quarantine row: the raw text as prompt, the error as reason."""
+    return QuarantinedExample(
+        id=example_id(row.raw, ""),
+        prompt=row.raw,
+        completion="",
+        meta=Meta(source=source, extra={"line": str(row.line)}),
+        annotation=annotation,
+        error=f"malformed source row: {row.error} (row {row.line})",
+        retryable=False,
+    )
 
 
 class _RowError(ValueError):
@@ -89,13 +116,13 @@ def read_source(
     fields = _Fields(prompt_field, completion_field, mode)
     source = source_name or path.name
     if container == "jsonl":
-        records = _jsonl_records(path)
+        records = _jsonl_records(path, fields)
     elif container == "csv":
         records = _csv_records(path, fields)
     elif container == "parquet":
-        records = _table_records(path, _parquet_batches(path))
+        records = _table_records(path, _parquet_batches(path), fields)
     else:
-        records = _hf_records(path)
+        records = _hf_records(path, fields)
     for line, record, raw, split in records:
         if isinstance(record, _RowError):
             yield SourceRow(line=line, example=None, error=str(record), raw=raw)
@@ -192,35 +219,97 @@ def _check_text_file(path: Path) -> None:
             head = handle.read(_SNIFF_BYTES)
 
 
-def _jsonl_records(path: Path) -> Iterator[_Record]:
+def _jsonl_records(path: Path, fields: _Fields) -> Iterator[_Record]:
     _check_text_file(path)
+    _check_jsonl_head(path, fields)
+    with path.open("rb") as handle:
+        for number, raw_bytes in enumerate(handle, start=1):
+            if raw_bytes.strip():
+                yield _jsonl_record(number, raw_bytes)
+
+
+def _jsonl_record(number: int, raw_bytes: bytes) -> _Record:
+    """One JSON Lines line as a record, or the reason it is not one."""
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raw = raw_bytes.decode("utf-8", errors="replace").rstrip("\r\n")
+        problem = f"line is not valid UTF-8 (byte {error.start}); re-encode the file"
+        return number, _RowError(problem), raw, None
+    raw = text.rstrip("\r\n")
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as error:
+        return number, _RowError(f"invalid JSON: {error.msg} (column {error.colno})"), raw, None
+    except RecursionError:
+        return number, _RowError("invalid JSON: nested too deeply to read"), raw, None
+    except ValueError as error:  # an integer with more digits than Python converts
+        return number, _RowError(f"invalid JSON: {str(error).split(';')[0]}"), raw, None
+    if not isinstance(record, dict):
+        return number, _RowError(f"expected a JSON object, got {type(record).__name__}"), raw, None
+    if "\\ud" in raw.lower() and _has_lone_surrogate(record):
+        problem = "line holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff); fix the text"
+        return number, _RowError(problem), raw, None
+    return number, record, raw, None
+
+
+def _has_lone_surrogate(record: dict[str, Any]) -> bool:
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _column_pairs(fields: _Fields) -> list[tuple[str, str]]:
+    """The (prompt, completion) column pairs a row may use."""
+    if fields.mode == "contract":
+        return [("prompt", "completion")]
+    if fields.mode == "cat" or fields.prompt or fields.completion:
+        return [_pick_fields({}, fields)]
+    return list(FIELD_PAIRS)
+
+
+def _check_columns(path: Path, columns: Iterable[str], fields: _Fields, what: str) -> None:
+    """A whole-file error unless ``columns`` hold a usable prompt/completion pair."""
+    names = set(columns)
+    pairs = _column_pairs(fields)
+    if any(p in names and c in names for p, c in pairs):
+        return
+    listed = ", ".join(f"{p}/{c}" for p, c in pairs)
+    raise InputError(
+        f"no usable columns: {what} {sorted(names)[:8]} and none of the pairs {listed}; "
+        "check the format, or name the columns with --prompt-field/--completion-field",
+        path=str(path),
+    )
+
+
+def _check_jsonl_head(path: Path, fields: _Fields) -> None:
+    """Whole-file errors: no JSON object among the first lines, or none with usable columns."""
+    objects: list[dict[str, Any]] = []
+    first_problem = ""
+    seen = 0
     with path.open("rb") as handle:
         for number, raw_bytes in enumerate(handle, start=1):
             if not raw_bytes.strip():
                 continue
-            try:
-                text = raw_bytes.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raw = raw_bytes.decode("utf-8", errors="replace").rstrip("\r\n")
-                problem = f"line is not valid UTF-8 (byte {error.start}); re-encode the file"
-                yield number, _RowError(problem), raw, None
-                continue
-            raw = text.rstrip("\r\n")
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as error:
-                yield (
-                    number,
-                    _RowError(f"invalid JSON: {error.msg} (column {error.colno})"),
-                    raw,
-                    None,
-                )
-                continue
-            if not isinstance(record, dict):
-                kind = type(record).__name__
-                yield number, _RowError(f"expected a JSON object, got {kind}"), raw, None
-                continue
-            yield number, record, raw, None
+            _, record, _, _ = _jsonl_record(number, raw_bytes)
+            if isinstance(record, _RowError):
+                first_problem = first_problem or f"line {number}: {record}"
+            else:
+                objects.append(record)
+            seen += 1
+            if seen == _SNIFF_LINES:
+                break
+    if not objects:
+        raise InputError(
+            f"not JSON Lines: none of the first {seen} line(s) is a JSON object ({first_problem}); "
+            "give one JSON object per line",
+            path=str(path),
+        )
+    keys = {key for record in objects for key in record}
+    what = f"the first {len(objects)} object(s) have fields"
+    _check_columns(path, keys, fields, what)
 
 
 class _LineRecorder:
@@ -302,7 +391,7 @@ def _parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, str | None]]:
             raise InputError(f"Parquet file is damaged ({error})", path=str(file)) from error
 
 
-def _hf_records(path: Path) -> Iterator[_Record]:
+def _hf_records(path: Path, fields: _Fields) -> Iterator[_Record]:
     dict_file = path / "dataset_dict.json"
     if path.is_dir() and dict_file.is_file():
         try:
@@ -312,9 +401,9 @@ def _hf_records(path: Path) -> Iterator[_Record]:
                 f"not a Hugging Face DatasetDict description ({error})", path=str(dict_file)
             ) from error
         batches = (item for split in splits for item in _arrow_batches(path / split, split))
-        yield from _table_records(path, batches)
+        yield from _table_records(path, batches, fields)
     else:
-        yield from _table_records(path, _arrow_batches(path, None))
+        yield from _table_records(path, _arrow_batches(path, None), fields)
 
 
 def _arrow_files(path: Path) -> list[Path]:
@@ -363,10 +452,12 @@ def _arrow_batches(path: Path, split: str | None) -> Iterator[tuple[pa.RecordBat
 
 
 def _table_records(
-    path: Path, batches: Iterator[tuple[pa.RecordBatch, str | None]]
+    path: Path, batches: Iterator[tuple[pa.RecordBatch, str | None]], fields: _Fields
 ) -> Iterator[_Record]:
     number = 0
     for batch, split in batches:
+        if number == 0:
+            _check_columns(path, batch.schema.names, fields, "the columns are")
         for record in batch.to_pylist():
             number += 1
             yield number, record, json.dumps(record, ensure_ascii=False, default=str), split
@@ -396,7 +487,7 @@ def _to_example(record: dict[str, Any], fields: _Fields, source: str, split: str
     extra: dict[str, str] = {}
     if CAT_RELATIONS_FIELD in record and fields.mode != "contract":
         used.add(CAT_RELATIONS_FIELD)
-        extra[GIVEN_RELATIONS_KEY] = _wire_relations(record[CAT_RELATIONS_FIELD])
+        _add_given(extra, record[CAT_RELATIONS_FIELD], CAT_RELATIONS_FIELD)
     meta = _meta(record, used, extra, source, split)
     return Example.create(prompt, completion, meta)
 
@@ -440,16 +531,19 @@ def _is_wire(value: Any) -> bool:
     )
 
 
-def _wire_relations(value: Any, name: str = CAT_RELATIONS_FIELD) -> str:
-    """Phrase relations in any accepted form as wire-format JSON; an empty list stays ``[]``."""
-    if value is None:
-        value = []
-    try:
-        relations = parse_phrase_relations(value)
-    except (ValueError, ValidationError) as error:
-        raise _RowError(f"field {name!r}: {error}") from error
+def _add_given(extra: dict[str, str], value: Any, name: str) -> None:
+    """Put phrase relations in any accepted form into ``extra`` as wire-format JSON.
+
+    ``None`` and an empty list give ``{"relations": []}``. Malformed parts (a nested object as a
+    cause, a relation that is not an object) are left out and described under
+    :data:`GIVEN_PROBLEMS_KEY`; the row keeps the rest.
+    """
+    relations, problems = salvage_phrase_relations([] if value is None else value)
     wire = [{"effect": r.effect, "causes": list(r.causes)} for r in relations]
-    return json.dumps({"relations": wire}, ensure_ascii=False)
+    extra[GIVEN_RELATIONS_KEY] = json.dumps({"relations": wire}, ensure_ascii=False)
+    if problems:
+        messages = [f"field {name!r}: {problem}" for problem in problems]
+        extra[GIVEN_PROBLEMS_KEY] = json.dumps(messages, ensure_ascii=False)
 
 
 def _as_text(value: Any) -> str:
@@ -514,7 +608,8 @@ def _contract_example(record: dict[str, Any], source: str, split: str | None) ->
         updates["split"] = split
     raw_relations = record.get("relations")
     if _is_wire(raw_relations):
-        extra = {**meta.extra, GIVEN_RELATIONS_KEY: _wire_relations(raw_relations, "relations")}
+        extra = dict(meta.extra)
+        _add_given(extra, raw_relations, "relations")
         updates["extra"] = extra
     elif raw_relations is not None:
         try:

@@ -19,12 +19,16 @@ from cattune.schemas.errors import (
 )
 from cattune.schemas.manifest import ReleaseFile, ReleaseManifest, TrainingJob, file_sha256
 from cattune.schemas.phrases import (
+    BOUNDARIES,
     Alignment,
     AlignmentProblem,
+    Boundary,
     PhraseRelation,
     align,
     find_occurrences,
+    is_boundary,
     parse_phrase_relations,
+    salvage_phrase_relations,
 )
 from cattune.schemas.records import (
     SCHEMA_VERSION,
@@ -41,6 +45,7 @@ from cattune.schemas.settings import cattune_home
 
 __all__ = [
     "ANNOTATED_SCHEMA",
+    "BOUNDARIES",
     "EXAMPLE_SCHEMA",
     "QUARANTINE_SCHEMA",
     "SCHEMA_VERSION",
@@ -48,6 +53,7 @@ __all__ = [
     "AlignmentProblem",
     "AnnotatedExample",
     "Annotation",
+    "Boundary",
     "CattuneError",
     "ConfigError",
     "EndpointError",
@@ -69,7 +75,9 @@ __all__ = [
     "file_sha256",
     "find_occurrences",
     "from_table",
+    "is_boundary",
     "parse_phrase_relations",
+    "salvage_phrase_relations",
     "schema_version_of",
     "to_table",
     "TrainingJob",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cattune.annotators.base import GIVEN_RELATIONS_KEY
+from cattune.annotators.base import GIVEN_PROBLEMS_KEY, GIVEN_RELATIONS_KEY
 from cattune.annotators.given import GivenAnnotator, GoldAnnotator
-from cattune.schemas import AnnotatedExample, Example, Meta, QuarantinedExample
+from cattune.schemas import AnnotatedExample, ConfigError, Example, Meta, QuarantinedExample
 
 PROMPT = "Smoking: 8, Weight: 4, Yellow fingers: 12 Answer: "
 
@@ -74,3 +75,38 @@ def test_phrases_in_order_always_align_exactly(phrases: list[str]) -> None:
     found = {c.text(text) for r in gold.relations for c in r.causes}
     assert found == set(phrases[:-1])
     assert all(c.end <= r.effect.start for r in gold.relations for c in r.causes)
+
+
+def test_boundary_is_configurable_and_part_of_the_config_hash() -> None:
+    row = _row([{"High Risk": ["Smoking: 8", "2"]}])  # "2" occurs only inside "12"
+    (word,) = GivenAnnotator().annotate([row])
+    assert isinstance(word, AnnotatedExample)
+    assert word.problems == [
+        "cause '2' of effect 'High Risk' occurs only inside longer words or numbers (e.g. '12'); "
+        "copy whole words, or align with boundary 'none'"
+    ]
+    (none,) = GivenAnnotator(boundary="none").annotate([row])
+    assert isinstance(none, AnnotatedExample) and not none.problems
+    assert [c.text(none.text) for c in none.relations[0].causes] == ["Smoking: 8", "2"]
+    assert GivenAnnotator().config_hash() != GivenAnnotator(boundary="none").config_hash()
+    with pytest.raises(ConfigError, match="boundary"):
+        GivenAnnotator(boundary="token")  # type: ignore[arg-type]
+
+
+def test_parts_a_source_left_out_are_problems_for_given_and_quarantine_for_gold() -> None:
+    left_out = ["field 'important': causes of effect 'x' must be a list of strings, got int 3"]
+    row = Example.create(
+        PROMPT,
+        "High Risk",
+        Meta(
+            extra={
+                GIVEN_RELATIONS_KEY: json.dumps([{"High Risk": ["Smoking: 8"]}]),
+                GIVEN_PROBLEMS_KEY: json.dumps(left_out),
+            }
+        ),
+    )
+    (kept,) = GivenAnnotator().annotate([row])
+    assert isinstance(kept, AnnotatedExample) and kept.problems == left_out
+    assert len(kept.relations) == 1
+    (strict,) = GoldAnnotator().annotate([row])
+    assert isinstance(strict, QuarantinedExample) and "must be a list of strings" in strict.error

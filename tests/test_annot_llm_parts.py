@@ -169,6 +169,26 @@ def test_checker_reports_each_problem_kind() -> None:
     assert missing.problems == ["cause 'Gene: 3' of effect 'High Risk' does not occur in the text"]
 
 
+def test_checker_refuses_phrases_inside_words_unless_told_otherwise() -> None:
+    text = "Smoking: 18, Weight: 4 Answer: High Risk"
+    reply = '{"High Risk": ["8", "Weight: 4"]}'
+    checked = check_reply(reply, text)
+    assert not checked.ok
+    assert checked.problems == [
+        "cause '8' of effect 'High Risk' occurs only inside longer words or numbers (e.g. '18'); "
+        "copy whole words, or align with boundary 'none'"
+    ]
+    assert check_reply(reply, text, boundary="none").ok
+
+
+def test_boundary_is_part_of_the_llm_config_hash() -> None:
+    settings: dict[str, Any] = {"model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key": "k"}
+    word = LLMAnnotator(PACK, cache=False, **settings)
+    none = LLMAnnotator(PACK, cache=False, boundary="none", **settings)
+    assert word.boundary == "word" and none.boundary == "none"
+    assert word.config_hash() != none.config_hash()
+
+
 # --- reply cache -------------------------------------------------------------------------------
 
 

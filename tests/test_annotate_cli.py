@@ -171,6 +171,7 @@ def test_failed_run_leaves_no_output(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["--annotator", "vllm", "--pack", "key-value-records", "--model", "m"], "vllm serve"),
         (["--annotator", "prior", "--batch-size", "0"], "--batch-size"),
         (["--annotator", "given", "--pack", "key-value-records"], "drop --pack"),
+        (["--annotator", "prior", "--boundary", "none"], "--boundary do(es) not apply"),
     ],
 )
 def test_user_mistakes_exit_2_with_a_message(
@@ -208,11 +209,34 @@ def test_no_row_lost_or_duplicated(
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "o.parquet"
     argv = ["annotate", str(source), "--pack", "key-value-records", "--out", str(out)]
-    assert main([*argv, "--batch-size", str(batch_size)]) == 0
-    capsys.readouterr()
+    code = main([*argv, "--batch-size", str(batch_size)])
+    err = capsys.readouterr().err
+    if not any(line.startswith('{"input": "') for line in lines):
+        # no line has the input/target columns: a whole-file error, not rows to quarantine
+        assert code == 2 and ("not JSON Lines" in err or "no usable columns" in err)
+        return
+    assert code == 0, err
     good, bad = outputs(out)
     assert len(good) + len(bad) == len(lines)
     valid = [json.loads(line)["input"] for line in lines if line.startswith('{"input": "Here')]
     assert Counter(r.prompt for r in good) + Counter(
         r.prompt for r in bad if "malformed" not in r.error
     ) == Counter(valid)
+
+
+def test_boundary_reaches_the_given_annotator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = {"input": "Weight: 14. Answer: ", "target": "High", "important": [{"High": ["4"]}]}
+    source = tmp_path / "rows.jsonl"
+    source.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    for boundary in ("word", "none"):
+        out = tmp_path / f"{boundary}.parquet"
+        argv = ["annotate", str(source), "--annotator", "given", "--out", str(out)]
+        assert main([*argv, "--boundary", boundary]) == 0
+        good, bad = outputs(out)
+        if boundary == "word":  # "4" occurs only inside "14": nothing aligns
+            assert good == [] and "occurs only inside longer words" in bad[0].error
+        else:
+            assert bad == [] and good[0].relations[0].causes[0].text(good[0].text) == "4"
+    capsys.readouterr()

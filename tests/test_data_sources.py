@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cattune.annotators.base import GIVEN_RELATIONS_KEY
+from cattune.annotators.base import GIVEN_PROBLEMS_KEY, GIVEN_RELATIONS_KEY
 from cattune.pipeline.sources import load_examples, read_source
 from cattune.schemas import (
     AnnotatedExample,
@@ -89,7 +89,7 @@ def test_bad_rows_are_reported_not_raised(tmp_path: Path) -> None:
         b'{"prompt": ["a"], "completion": "x"}',
         b'{"prompt": "caf\xe9", "completion": "x"}',
         b"",
-        b'{"input": "p", "target": "t", "important": "nonsense"}',
+        b'{"input": "p", "target": "t", "important": "nonsense"}',  # kept, with the problem
         b'{"prompt": "p", "completion": null}',
         b'{"prompt": "last", "completion": "good"}',
     ]
@@ -105,13 +105,19 @@ def test_bad_rows_are_reported_not_raised(tmp_path: Path) -> None:
         5: "field 'prompt' is empty",
         6: "field 'prompt' must be text",
         7: "not valid UTF-8",
-        9: "field 'important'",
         10: "missing field 'completion'",
     }
     for line, needle in expected.items():
         assert by_line[line].example is None
         assert needle in by_line[line].error, (line, by_line[line].error)
     assert by_line[2].raw == '{"prompt": "broken"'
+    kept = by_line[9].example
+    assert kept is not None and json.loads(kept.meta.extra[GIVEN_RELATIONS_KEY]) == {
+        "relations": []
+    }
+    assert json.loads(kept.meta.extra[GIVEN_PROBLEMS_KEY]) == [
+        "field 'important': expected an object or a list of relations, got str"
+    ]
     with pytest.raises(InputError, match=r"bad\.jsonl:2: invalid JSON"):
         load_examples(path)
 
@@ -307,3 +313,115 @@ def test_text_round_trips_through_jsonl_and_csv(
         assert rows == []  # a blank CSV record is skipped like a blank line
     else:
         assert (rows[0].example.prompt, rows[0].example.completion) == (prompt, completion)
+
+
+def test_malformed_relations_keep_the_row_and_the_well_formed_part(tmp_path: Path) -> None:
+    nested = {"S: 8 Answer: ": {"High": ["S: 8"]}}  # a nested object where causes belong
+    path = _write_jsonl(
+        tmp_path / "cat.jsonl",
+        [
+            {"input": "S: 8 Answer: ", "target": "High", "important": [nested, {"High": ["S: 8"]}]},
+            {"prompt": "S: 8 ", "completion": "High", "relations": [{"High": ["S: 8", 7]}]},
+        ],
+    )
+    first, second = (row.example for row in read_source(path))
+    wanted = {"relations": [{"effect": "High", "causes": ["S: 8"]}]}
+    for example, field in ((first, "important"), (second, "relations")):
+        assert example is not None
+        assert json.loads(example.meta.extra[GIVEN_RELATIONS_KEY]) == wanted
+        (problem,) = json.loads(example.meta.extra[GIVEN_PROBLEMS_KEY])
+        assert problem.startswith(f"field {field!r}: ")
+    assert "got a nested object" in json.loads(first.meta.extra[GIVEN_PROBLEMS_KEY])[0]
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ('{"prompt": "a", "completion": ' + "1" * 5000 + "}", "invalid JSON"),
+        ('{"prompt": "\\udc00 lone", "completion": "b"}', "surrogate"),
+        ('{"prompt": "a", "completion": "b", "split": "\\ud83d"}', "surrogate"),
+    ],
+)
+def test_exotic_rows_are_reported_not_raised(tmp_path: Path, line: str, needle: str) -> None:
+    good = '{"prompt": "a \\ud83d\\ude00", "completion": "b"}'  # a surrogate pair is fine
+    path = tmp_path / "d.jsonl"
+    path.write_text(f"{good}\n{line}\n{good}\n")
+    rows = list(read_source(path))
+    assert [r.example is not None for r in rows] == [True, False, True]
+    assert rows[0].example.prompt == "a 😀"
+    assert needle in rows[1].error
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("[1, 2]\n[3]\n", "not JSON Lines"),
+        ('{\n  "prompt": "a",\n  "completion": "b"\n}\n', "not JSON Lines"),
+        ("prompt,completion\na,b\n", "not JSON Lines"),
+        ('{"text": "a", "output": "b"}\n{"text": "c"}\n', "no usable columns"),
+    ],
+)
+def test_whole_file_faults_raise_one_error(tmp_path: Path, content: str, needle: str) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(content)
+    with pytest.raises(InputError, match=needle) as info:
+        next(read_source(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_whole_file_checks_look_at_the_first_lines_only_for_objects(tmp_path: Path) -> None:
+    """One bad first line, or first rows missing a column, do not condemn the file."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('not json\n{"completion": "x"}\n{"prompt": "a", "completion": "b"}\n')
+    assert [r.example is not None for r in read_source(path)] == [False, False, True]
+    cat = tmp_path / "c.jsonl"
+    cat.write_text('{"prompt": "a", "completion": "b"}\n')
+    with pytest.raises(InputError, match="input/target"):
+        list(read_source(cat, format="cat"))
+    rows = list(read_source(cat, prompt_field="prompt", completion_field="completion"))
+    assert rows[0].example is not None
+
+
+def test_parquet_without_usable_columns_is_a_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"text": ["a"], "output": ["b"]}), path)
+    with pytest.raises(InputError, match="no usable columns"):
+        list(read_source(path))
+    assert list(read_source(path, prompt_field="text", completion_field="output"))[0].example
+
+
+_FIELD_NAMES = ["input", "target", "important", "prompt", "completion", "relations", "meta", "id"]
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(st.characters(blacklist_characters="\x00"), max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(_FIELD_NAMES) | st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.dictionaries(st.sampled_from(_FIELD_NAMES), _json, max_size=5) | _json, max_size=6
+    ),
+    format=st.sampled_from(["auto", "cat", "contract"]),
+)
+def test_no_row_content_aborts_a_file(tmp_path: Path, rows: list[object], format: str) -> None:
+    """Whatever the rows hold, reading never raises after the whole-file checks, and every
+    non-blank line gives exactly one SourceRow (an example, or an error and the raw line)."""
+    first = {"input": "a", "target": "b", "prompt": "a", "completion": "b", "important": []}
+    path = _write_jsonl(tmp_path / "fuzz.jsonl", [first, *rows])
+    out = list(read_source(path, format=format))  # type: ignore[arg-type]
+    assert len(out) == 1 + len(rows)
+    for row in out:
+        assert (row.example is None) == (row.error is not None)
+        if row.example is not None:
+            json.loads(row.example.meta.extra.get(GIVEN_RELATIONS_KEY, "{}"))
+            to_table([row.example], Example)  # storable: Parquet rejects what JSON allowed

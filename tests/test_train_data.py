@@ -145,7 +145,7 @@ def test_rectangles_cover_exactly_the_overlapping_tokens(kind, row, request) -> 
             span = brute_force(offsets, cause.start, cause.end)
             assert span is not None
             assert cause.text(text) in text[offsets[span[0]][0] : offsets[span[1] - 1][1]]
-            if span[1] <= effect[0]:
+            if span[1] < effect[0]:  # the authors' gap rule: q + c < p
                 for i in range(effect[0] - 1, effect[1] - 1):
                     expected.update((i, j) for j in range(*span))
     mask = dense_mask(pack_masks([encoded.rects], len(encoded.input_ids)))[0]
@@ -302,7 +302,8 @@ def test_offsets_array_shape_is_accepted() -> None:
 def test_reference_rows_map_to_rectangles_on_the_completion(reference_data: Path) -> None:
     from cattune.pipeline.convert import convert_source
 
-    rows, _ = convert_source(reference_data / "STG" / "spurious_token_game_train3_S.jsonl")
+    path = reference_data / "STG" / "spurious_token_game_train3_S.jsonl"
+    rows = convert_source(path).records
     rows = rows[:40]
     tokenizer = build_tokenizer([r.prompt + r.completion for r in rows], vocab_size=400)
     data = encode_rows(tokenizer, rows)

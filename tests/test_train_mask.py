@@ -12,11 +12,11 @@ FULL_LEN = 24
 
 
 def formula_mask(relations: list[tuple[tuple[int, int], list[tuple[int, int]]]]) -> torch.Tensor:
-    """M[p-1 : p+e-1, q : q+c] = 1 for every cause that ends before its effect begins."""
+    """M[p-1 : p+e-1, q : q+c] = 1 for every cause with q + c < p (DESIGN.md, the authors' rule)."""
     m = torch.zeros(FULL_LEN, FULL_LEN, dtype=torch.bool)
     for (p, p_end), causes in relations:
         for q, q_end in causes:
-            if p >= 1 and q_end <= p:
+            if p >= 1 and q_end < p:
                 m[p - 1 : p_end - 1, q:q_end] = True
     return m
 
@@ -63,7 +63,21 @@ def test_effect_at_token_zero_gives_no_rows() -> None:
 
 
 def test_cause_overlapping_or_after_effect_is_dropped() -> None:
-    assert relation_rectangles((5, 8), [(4, 6), (6, 7), (9, 10), (2, 5)]) == [(4, 7, 2, 5)]
+    assert relation_rectangles((5, 8), [(4, 6), (6, 7), (9, 10), (1, 4)]) == [(4, 7, 1, 4)]
+
+
+def test_authors_gap_rule_cause_ending_at_effect_start_is_dropped() -> None:
+    """The authors' dataloader links a cause [q, q+c) to an effect at p only if q + c < p.
+
+    A cause ending right where its effect starts (q + c == p) would put its last token q+c-1 =
+    p-1 in the mask row p-1, asking that row to attend to its own token; such a pair is dropped.
+    """
+    assert relation_rectangles((5, 8), [(2, 5)]) == []  # adjacent: q + c == p
+    assert relation_rectangles((5, 8), [(2, 4)]) == [(4, 7, 2, 4)]  # one token between
+    assert relation_rectangles((1, 3), [(0, 1)]) == []  # adjacent at the very start
+    dense = dense_mask(pack_masks([relation_rectangles((5, 8), [(0, 5), (1, 3)])], 10))[0]
+    assert not dense.diagonal().any()  # no row is asked to attend to its own token
+    assert dense[4].nonzero().flatten().tolist() == [1, 2]
 
 
 def test_empty_spans_are_dropped() -> None:

@@ -2,7 +2,9 @@
 
 For an effect covering tokens [p, p+e) and a cause covering tokens [q, q+c) that ends before the
 effect starts, the mask is M[p-1 : p+e-1, q : q+c] = 1 (rows shifted up by one: the token at p is
-predicted from position p-1). A row may be covered by several rectangles; its causal set is the
+predicted from position p-1). As in the CAT authors' dataloader, at least one token must separate
+cause and effect (q + c < p): a cause ending at p-1 would ask row p-1 to attend to its own token,
+so such a pair gives no rectangle. A row may be covered by several rectangles; its causal set is the
 union of their columns. Rows with identical causal sets share one *group*, so a batch needs only
 K column sets ([B, K, T]) and one group index per row ([B, T]) instead of a T x T array.
 """
@@ -22,15 +24,16 @@ Rect = tuple[int, int, int, int]
 def relation_rectangles(effect: tuple[int, int], causes: Sequence[tuple[int, int]]) -> list[Rect]:
     """Rectangles of one relation given token spans (start, end) of its effect and causes.
 
-    Causes that do not end before the effect starts are dropped, as are empty spans. An effect at
-    token 0 has no preceding tokens, so it gives no rectangles.
+    Causes are kept only when at least one token lies between them and the effect (q + c < p,
+    the authors' rule); causes touching, overlapping or following the effect are dropped, as are
+    empty spans. An effect at token 0 has no preceding tokens, so it gives no rectangles.
     """
     p, p_end = effect
     if p_end <= p or p <= 0:
         return []
     rects: list[Rect] = []
     for q, q_end in causes:
-        if q_end <= q or q < 0 or q_end > p:
+        if q_end <= q or q < 0 or q_end >= p:
             continue
         rects.append((p - 1, p_end - 1, q, q_end))
     return rects

@@ -58,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=256, help="rows per annotation batch (default: 256)"
     )
+    parser.add_argument(
+        "--boundary",
+        choices=("word", "none"),
+        help="phrase alignment (given, gold, llm, vllm): a phrase must not split a word or a "
+        "number (word, the default), or may match anywhere (none, as the reference code)",
+    )
     llm = parser.add_argument_group("LLM annotators (--annotator llm / vllm)")
     llm.add_argument("--model", help="model name (llm: as the server knows it; vllm: HF id/path)")
     llm.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
@@ -81,13 +87,15 @@ def quarantine_path(out: Path) -> Path:
 
 def annotator_options(args: argparse.Namespace) -> dict[str, Any]:
     """Constructor options for the chosen annotator; flags it does not use are an error."""
-    given = {flag: getattr(args, flag) for flag in (*LLM_FLAGS, "model")}
+    given = {flag: getattr(args, flag) for flag in (*LLM_FLAGS, "model", "boundary")}
     given = {flag: value for flag, value in given.items() if value not in (None, False)}
     allowed: tuple[str, ...] = ()
     if args.annotator == "llm":
-        allowed = (*LLM_FLAGS, "model")
+        allowed = (*LLM_FLAGS, "model", "boundary")
     elif args.annotator == "vllm":
-        allowed = ("model",)
+        allowed = ("model", "boundary")
+    elif args.annotator in ("given", "gold"):
+        allowed = ("boundary",)
     stray = [flag for flag in given if flag not in allowed]
     if stray:
         flags = ", ".join("--" + flag.replace("_", "-") for flag in stray)
@@ -115,22 +123,16 @@ class Counts:
 
 def source_error_row(row: SourceRow, annotator: Annotator, source: str) -> QuarantinedExample:
     """A malformed source row, kept with the source's error and its raw text as prompt."""
-    from cattune.schemas import Annotation, Meta, QuarantinedExample, example_id
+    from cattune.pipeline.sources import malformed_row
+    from cattune.schemas import Annotation
 
-    return QuarantinedExample(
-        id=example_id(row.raw, ""),
-        prompt=row.raw,
-        completion="",
-        meta=Meta(source=source, extra={"line": str(row.line)}),
-        annotation=Annotation(
-            annotator=annotator.name,
-            annotator_version=annotator.version,
-            config_hash=annotator.config_hash(),
-            attempts=0,
-        ),
-        error=f"malformed source row: {row.error} (row {row.line})",
-        retryable=False,
+    annotation = Annotation(
+        annotator=annotator.name,
+        annotator_version=annotator.version,
+        config_hash=annotator.config_hash(),
+        attempts=0,
     )
+    return malformed_row(row, annotation, source)
 
 
 @dataclass
