@@ -39,7 +39,7 @@ def _batches(tokenizer, short_batch: int, long_batch: int, long_len: int) -> dic
     from cattune.training.data import CATCollator, encode_rows
     from cattune.training.mask import pack_masks
 
-    rows, _ = convert_source(STG_TRAIN, format="cat")
+    rows = convert_source(STG_TRAIN, format="cat").records
     data = encode_rows(tokenizer, rows[:short_batch])
     short = CATCollator(tokenizer.pad_token_id)([data[i] for i in range(short_batch)])
     ids = torch.randint(100, tokenizer.vocab_size, (long_batch, long_len))
@@ -71,6 +71,7 @@ def _trainer(model_dir: str, mode: str, bf16: bool | None, workdir: str):
     config = CATConfig(output_dir=workdir, mode=mode, bf16=bf16, ratio_every=10**9)
     trainer = CATTrainer(model=model, args=config, train_dataset=[])
     trainer.state.global_step = 1  # past step 0, where the baseline would measure the ratio
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(), not called here
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     return trainer, optimizer
 
