@@ -55,6 +55,8 @@ def machine() -> str:
         cpu = names[0] if names else cpu
     except OSError:
         pass
+    if torch.cuda.is_available():
+        cpu = f"{torch.cuda.get_device_name()} (host: {cpu})"
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}"

@@ -1,7 +1,10 @@
 """Cost of one training step: plain fine-tuning vs CAT (memory-efficient) vs CAT (eager, reference).
 
-A Llama-architecture model (4 layers, hidden 256, 8 heads, random init, float32) takes full
-training steps (forward + backward + AdamW step):
+A Llama-architecture model with random weights takes full training steps (forward + backward +
+AdamW step): by default 4 layers, hidden 256, 8 heads in float32 on the CPU; with ``--shape
+smollm2`` SmolLM2-135M's shape (30 layers, hidden 576, 9 heads / 3 KV heads, vocab 49152), and
+with ``--device cuda --bf16`` on a GPU under bf16 autocast, where ``sdpa`` runs PyTorch's fused
+(FlashAttention) kernels:
 
 - `sdpa`      plain fine-tuning, LM loss only, SDPA attention (the baseline)
 - `efficient` LM loss + Re-Attention loss, memory-efficient causal mass (default choice of path)
@@ -12,12 +15,14 @@ training steps (forward + backward + AdamW step):
 Time: one subprocess per sequence length runs the configurations interleaved (one step each per
 round, the order rotating), so load from other processes hits all of them alike; wall time and
 process CPU time (all threads) are medians over the rounds, after warm-up rounds that also create
-the optimizer state. Memory: each configuration runs in a fresh subprocess; the peak RSS growth of
-a step is VmHWM after the step minus VmRSS before it, with the peak reset through
+the optimizer state. Memory: each configuration runs in a fresh subprocess; on the CPU the peak
+RSS growth of a step is VmHWM after the step minus VmRSS before it, with the peak reset through
 /proc/self/clear_refs before each step and MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave
-RSS (Linux only).
+RSS (Linux only); on a GPU it is the peak of allocated memory during the step minus the memory
+allocated before it.
 
     python benchmarks/step_cost.py [--seq-len 256 1024 2048] [--batch 1] [--steps 5]
+        [--shape small|smollm2] [--device cpu|cuda] [--bf16]
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ import sys
 import time
 
 CONFIGS = ("sdpa", "efficient", "indicator", "eager")
+SHAPES = {
+    "small": dict(
+        hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=8,
+    ),
+    "smollm2": dict(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, tie_word_embeddings=True,
+    ),
+}  # fmt: skip
 
 
 def _status_kb(field: str) -> int:
@@ -62,24 +77,30 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     seq_len, batch = args.seq_len[0], args.batch
     config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=seq_len,
+        vocab_size=args.vocab, max_position_embeddings=seq_len, **SHAPES[args.shape]
     )
-    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+    device = torch.device(args.device)
+    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(0, args.vocab, (batch, seq_len))
-    am = torch.ones(batch, seq_len, dtype=torch.long)
-    mask = pack_masks(random_rects(batch, seq_len, relations=args.relations), seq_len)
+    ids = torch.randint(0, args.vocab, (batch, seq_len), device=device)
+    am = torch.ones(batch, seq_len, dtype=torch.long, device=device)
+    mask = pack_masks(random_rects(batch, seq_len, relations=args.relations), seq_len).to(device)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     default_rows = attention.ROWS_PER_HEAD_DIM
 
     def step(config: str) -> None:
+        with autocast:
+            loss = forward(config)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+
+    def forward(config: str):
         if config == "sdpa":
             attention.use_implementation(model, "sdpa")
             loss = model(input_ids=ids, attention_mask=am, labels=ids).loss
@@ -91,9 +112,7 @@ def worker(args: argparse.Namespace) -> None:
             )
             loss = outputs.loss + reattention_loss(mass, mask, am).loss
             del outputs, mass  # as a trainer does: the logits are not kept through backward
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        return loss
 
     result: dict[str, object] = {
         "groups": int(mask.group_cols.shape[1]),
@@ -122,6 +141,12 @@ def worker(args: argparse.Namespace) -> None:
             step(args.worker)
         peaks = []
         for _ in range(args.steps):
+            if cuda:
+                before = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                step(args.worker)
+                peaks.append((torch.cuda.max_memory_allocated() - before) / 1024)
+                continue
             before = _status_kb("VmRSS")
             _reset_peak()
             step(args.worker)
@@ -137,7 +162,10 @@ def measure(config: str, seq_len: int, args: argparse.Namespace) -> dict:
         "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
         "--vocab", str(args.vocab), "--relations", str(args.relations),
         "--threads", str(args.threads), "--configs", *args.configs,
+        "--shape", args.shape, "--device", args.device,
     ]  # fmt: skip
+    if args.bf16:
+        command.append("--bf16")
     if config != "timing":
         command[command.index("--steps") + 1] = str(args.memory_steps)
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -161,6 +189,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory run")
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="small")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--worker", choices=(*CONFIGS, "timing"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -180,19 +212,23 @@ def main() -> None:
                  f"{r['cpu_s'] * 1e3:.0f} ms", _ratio(r, base, "cpu_s"),
                  f"{r['peak_mb']:.0f} MB", _ratio(r, base, "peak_mb"), r["rows"], r["groups"]]
             )  # fmt: skip
+    shape = ", ".join(f"{k} {v}" for k, v in SHAPES[args.shape].items())
     print(
-        f"One training step (forward + backward + AdamW), Llama 4 layers / hidden 256 / 8 heads, "
+        f"One training step (forward + backward + AdamW), Llama ({shape}), "
+        f"{'bf16 autocast' if args.bf16 else 'float32'} on {args.device}, "
         f"vocab {args.vocab}, batch {args.batch}, {args.relations} relations per example, "
         f"times: median of {args.steps} rounds after {args.warmup} warm-up, configurations "
         f"interleaved in one process; CPU = process CPU time, all threads; "
-        f"memory = peak RSS growth "
-        f"during a step, median of {args.memory_steps}, one fresh process per configuration "
-        f"(VmHWM reset via /proc/self/clear_refs)"
+        f"memory = peak {'allocated GPU memory' if args.device != 'cpu' else 'RSS'} growth "
+        f"during a step, median of {args.memory_steps}, one fresh process per configuration"
     )
     print(f"Machine: {machine()}\n")
     header = ["T", "config", "wall/step", "vs sdpa", "CPU/step", "vs sdpa", "peak mem", "vs sdpa"]
     header += ["causal rows", "mask groups"]
     print(markdown_table(header, rows))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"header": header, "rows": rows}, handle, indent=2)
 
 
 if __name__ == "__main__":
