@@ -13,7 +13,7 @@ native (CUDA, or a CPU with AMX), else fp32, as ``cattune train`` chooses; ``--b
 The two modes run interleaved in one process (one step each per round, order alternating), so
 load from other processes hits both alike; medians over the rounds after a warm-up round.
 
-    python benchmarks/pretrained_step.py [--rounds 4] [--long-batch 4] [--bf16]
+    python benchmarks/pretrained_step.py [--rounds 4] [--long-batch 1] [--bf16]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--short-batch", type=int, default=16)
-    parser.add_argument("--long-batch", type=int, default=4)
+    parser.add_argument("--long-batch", type=int, default=1)
     parser.add_argument("--long-len", type=int, default=1024)
     parser.add_argument("--bf16", action="store_true", default=None)
     parser.add_argument("--json", help="also write the figures here")

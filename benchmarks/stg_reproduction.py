@@ -48,7 +48,8 @@ AUTHOR_FILES = {
 }
 SPLITS = ("train", "iid_test", "ood_test")
 MODES = ("baseline", "cat")
-VARIANTS = tuple(AUTHOR_FILES)
+VARIANTS = (*AUTHOR_FILES, "stg_shortcut")
+"""``stg_shortcut`` is cattune's own variant (pipeline/stg.py): generated data only."""
 SOURCES = ("authors", "generated")
 
 
@@ -279,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.sources:
         if name not in SOURCES:
             parser.error(f"unknown source {name!r}; use {','.join(SOURCES)}")
+    if "authors" in args.sources and set(args.variants) - set(AUTHOR_FILES):
+        parser.error("the authors published stg and stg_h only; use --sources generated")
     return args
 
 

@@ -2,8 +2,9 @@
 
 Generate the STG benchmark, annotate it with the PriorAnnotator through the Prefect annotate flow
 into a versioned store, score the annotation against the generator's gold, release and hand off to
-training, train a tiny model in ``baseline`` and in ``cat`` mode, and compare IID / OOD accuracy
-and the causal-attention ratio. Everything goes under one run directory.
+training, fine-tune a model in ``baseline`` and in ``cat`` mode (the embedded pretrained SmolLM2
+with LoRA; ``--quick``: a tiny Llama trained from scratch), and compare IID / OOD accuracy and the
+causal-attention ratio. Everything goes under one run directory.
 """
 
 from __future__ import annotations
@@ -38,14 +39,29 @@ class DemoSettings(BaseModel):
     seed: int = 0
     n_train: int
     n_test: int
-    training: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=lambda: {"model": "tiny"})
+
+    @property
+    def model(self) -> str:
+        return str(self.training.get("model", "tiny"))
 
 
 # Chosen in benchmarks/stg_reproduction.py's search (docs/reproduction.md): batch 64 for ~1,000
 # steps is where a tiny model starts to learn STG; the quick run only shows the attention shift.
-TINY_TRAINING = {"num_train_epochs": 2, "per_device_train_batch_size": 64}
-FULL = DemoSettings(n_train=32_000, n_test=400, training=TINY_TRAINING)
+TINY_TRAINING = {"model": "tiny", "num_train_epochs": 2, "per_device_train_batch_size": 64}
 QUICK = DemoSettings(n_train=8_000, n_test=200, training=TINY_TRAINING)
+PRETRAINED_STEPS = 100
+PRETRAINED_BATCH = 16
+FULL = DemoSettings(
+    n_train=PRETRAINED_STEPS * PRETRAINED_BATCH,
+    n_test=200,
+    training={
+        "model": "smollm2-135m",
+        "lora_r": 16,
+        "max_steps": PRETRAINED_STEPS,
+        "per_device_train_batch_size": PRETRAINED_BATCH,
+    },
+)
 
 
 class ModeResult(BaseModel):
@@ -57,6 +73,7 @@ class ModeResult(BaseModel):
 
 
 class DemoResult(BaseModel):
+    model: str
     run_dir: str
     dataset_version: int
     rows_annotated: int
@@ -116,14 +133,19 @@ def run_demo(settings: DemoSettings, run_dir: Path, console: Console) -> DemoRes
     handoff = handoff_flow(
         dataset=DATASET,
         version=summary.version,
-        training_config={"model": "tiny", "seed": settings.seed, **settings.training},
+        training_config={"seed": settings.seed, **settings.training},
         release_dir=str(run_dir / "release"),
         job_path=str(run_dir / "job.json"),
         store=store,
     )
     console.print(f"release {handoff.release_dir}\njob {handoff.job_path}")
 
-    _step(console, 5, "train tiny models from the job, baseline and CAT side by side")
+    _step(console, 5, f"fine-tune {settings.model} from the job, baseline and CAT side by side")
+    if settings.model != "tiny":
+        from cattune.training.models import resolve_model
+
+        console.print("[dim]a GGUF model is converted once, then reused[/dim]")
+        resolve_model(settings.model)
     metrics = train_from_job(Path(handoff.job_path), run_dir, console)
     results = [_mode_result(mode, metrics[mode], run_dir / f"train-{mode}") for mode in MODES]
     histories = {
@@ -138,6 +160,7 @@ def run_demo(settings: DemoSettings, run_dir: Path, console: Console) -> DemoRes
         plot_comparison(histories, plots_dir / "attention.png"),
     ]
     result = DemoResult(
+        model=settings.model,
         run_dir=str(run_dir),
         dataset_version=summary.version,
         rows_annotated=summary.rows_annotated,
@@ -238,7 +261,9 @@ def plot_accuracy(results: list[ModeResult], path: Path) -> Path:
 
 
 def results_table(result: DemoResult) -> Table:
-    table = Table(title=f"cattune demo: STG, tiny model, dataset version {result.dataset_version}")
+    table = Table(
+        title=f"cattune demo: STG, {result.model}, dataset version {result.dataset_version}"
+    )
     table.add_column("mode")
     table.add_column("IID accuracy", justify="right")
     table.add_column("OOD accuracy", justify="right")

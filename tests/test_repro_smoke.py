@@ -80,3 +80,6 @@ def test_main_writes_results_and_table(repro, tmp_path: Path, capsys) -> None:
 def test_unknown_variant_is_refused(repro) -> None:
     with pytest.raises(SystemExit):
         repro.parse_args(["--variants", "mawps"])
+    with pytest.raises(SystemExit):
+        repro.parse_args(["--variants", "stg_shortcut", "--sources", "authors"])
+    assert repro.parse_args(["--variants", "stg_shortcut", "--sources", "generated"]).variants

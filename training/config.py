@@ -169,6 +169,7 @@ class CATConfig(TrainingArguments):
         },
     )
     logging_steps: float = field(default=10, metadata=_help("log every N steps"))
+    seed: int = field(default=0, metadata=_help("seeds model building, data order and training"))
     save_strategy: str = field(default="no", metadata=_help("checkpoints: no | steps | epoch"))
 
     def __post_init__(self) -> None:
