@@ -177,7 +177,7 @@ def test_work_pool_worker_runs_scheduled_deployment(
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = cli(cattune, "deploy", "--config", "deployments.yaml", "--pool", "cattune-test")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    assert "1 deployments on work pool 'cattune-test'" in deployed.stdout
+    assert "1 deployment on work pool 'cattune-test'" in deployed.stdout
 
     # The worker starts elsewhere: the relative source path resolves in the deployment's
     # working directory (where `cattune deploy` ran), not in the worker's.

@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     deployments = build_deployments(config, work_pool=args.pool, working_dir=working_dir)
     ids = deploy_to_pool(deployments, args.pool)
+    count = f"{len(ids)} deployment{'' if len(ids) == 1 else 's'}"
     print(
-        f"{len(ids)} deployments on work pool {args.pool!r} (flow runs start in {working_dir}); "
+        f"{count} on work pool {args.pool!r} (flow runs start in {working_dir}); "
         f"start a worker: prefect worker start --pool {args.pool}"
     )
     return 0
