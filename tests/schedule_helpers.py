@@ -142,9 +142,9 @@ class PrefectServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.ui_url = f"http://127.0.0.1:{self.port}"
         argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1"]
-        self.process = Process(
-            [*argv, "--port", str(self.port)], prefect_env(home), home / "server.log", cwd=home
-        )
+        # The UI's pages call the API at PREFECT_UI_API_URL, which does not follow --port.
+        env = prefect_env(home, PREFECT_UI_API_URL=self.api_url)
+        self.process = Process([*argv, "--port", str(self.port)], env, home / "server.log", home)
         self.client = httpx.Client(base_url=self.api_url, timeout=30)
 
     def wait_healthy(self, timeout: float = SERVER_START_TIMEOUT) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -216,6 +217,73 @@ def test_deploy_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert f"cannot reach the Prefect server at {nobody}" in capsys.readouterr().err
     assert main([*argv, "--working-dir", str(tmp_path / "nowhere")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+    "--virtual-time-budget=15000",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_artifact_renders_in_the_prefect_ui(prefect_server: PrefectServer, tmp_path: Path) -> None:
+    """The annotate flow's Markdown artifact, as the server's UI renders it in a real browser."""
+    from cattune.flows.annotate import AnnotateSummary, summary_markdown
+    from cattune.schemas import AnnotatedExample, Annotation, Example, Relation, Span
+
+    prompt = "Tom has 5 apples and buys 3 more. How many now? "
+    example = Example.create(prompt, "8")
+    cause = Span(start=prompt.index("5 apples"), end=prompt.index("5 apples") + 8)
+    row = AnnotatedExample(
+        **example.model_dump(),
+        relations=[Relation(effect=Span(start=len(prompt), end=len(prompt) + 1), causes=[cause])],
+        annotation=Annotation(annotator="given", annotator_version="1"),
+    )
+    reason = "given relations do not align with the text (cause '7 pears' does not occur) " * 3
+    summary = AnnotateSummary(
+        dataset="word-problems",
+        version=4,
+        committed=True,
+        source="/data/word-problems.jsonl",
+        source_sha256="0" * 64,
+        annotator="given",
+        config_hash="abc",
+        rows_read=3,
+        rows_malformed=1,
+        rows_annotated=1,
+        rows_quarantined=2,
+        quarantine_reasons={"word-problems.jsonl:2: invalid JSON": 1, reason: 1},
+    )
+    body = {"key": "annotate-word-problems", "type": "markdown"}
+    body["data"] = summary_markdown(summary, [row])
+    created = prefect_server.client.post("/artifacts/", json=body)
+    created.raise_for_status()
+    url = f"{prefect_server.ui_url}/artifacts/artifact/{created.json()['id']}"
+
+    def rendered() -> str | None:
+        profile = tmp_path / f"chromium-{time.monotonic_ns()}"
+        argv = [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url]
+        dom = subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT).stdout
+        return dom if "Annotation of" in dom else None  # the page may need another load
+
+    dom = wait_for(rendered, 120, f"the UI to render {url}", every=0)
+    strong = 'markdown-renderer__text--strong">'
+    assert "Annotation of" in dom and ">word-problems</" in dom
+    assert "markdown-renderer__table" in dom and ">rows read<" in dom
+    assert ">Quarantine reasons</h2>" in dom
+    assert f"{strong}1 row</div>: word-problems.jsonl:2: invalid JSON" in dom
+    assert "(cause '7 pears' does not occur)" in dom
+    assert f"{strong}5 apples</div>" in dom  # the cause in bold, as written in the Markdown
 
 
 def test_stop_ends_descendants_in_other_sessions(tmp_path: Path) -> None:
