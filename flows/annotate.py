@@ -337,9 +337,11 @@ def summary_markdown(summary: AnnotateSummary, rows: Sequence[AnnotatedExample])
         "",
     ]
     if summary.quarantine_reasons:
-        lines += ["## Quarantine reasons", "", "| rows | reason |", "|---|---|"]
+        # A list, not a table: the Prefect UI does not wrap table cells, and reasons are long.
+        lines += ["## Quarantine reasons", ""]
         for reason, count in summary.quarantine_reasons.items():
-            lines.append(f"| {count} | {reason.replace('|', '/')[:300]} |")
+            clean = reason[:300].replace("\n", " ").replace("*", "\\*").replace("_", "\\_")
+            lines.append(f"- **{count} {'row' if count == 1 else 'rows'}**: {clean}")
         lines.append("")
     labelled = [r for r in rows if r.relations][:HIGHLIGHTS]
     if labelled:

@@ -1,12 +1,21 @@
-"""Scheduled deployments of the cattune flows, described in a YAML file (flows/deployments.yaml)."""
+"""Scheduled deployments of the cattune flows, described in a YAML file (flows/deployments.yaml).
+
+Two ways to run them: ``serve_deployments`` (``cattune serve``) keeps one process that polls the
+Prefect server and runs each scheduled flow run in a subprocess; ``deploy_to_pool``
+(``cattune deploy``) registers the deployments with a work pool of type ``process``, whose runs a
+separately started ``prefect worker start --pool NAME`` picks up. Either way the schedules fire
+only when a Prefect server runs its scheduler (``prefect server start``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import yaml
 from prefect import Flow
+from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron, Interval
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -67,8 +76,15 @@ def load_config(path: str | Path) -> DeploymentConfig:
         raise ConfigError(f"{path}: {details}") from None
 
 
-def build_deployments(config: DeploymentConfig) -> list[Any]:
-    """Prefect RunnerDeployments (``flow.to_deployment``), parameters checked against each flow."""
+def build_deployments(
+    config: DeploymentConfig, *, work_pool: str | None = None, working_dir: Path | None = None
+) -> list[Any]:
+    """Prefect RunnerDeployments (``flow.to_deployment``), parameters checked against each flow.
+
+    With ``work_pool`` the deployments are for a worker: the flow is referenced by its module path
+    (``cattune.flows.annotate.annotate_flow``, importable wherever cattune is installed) and
+    ``working_dir`` (where relative paths in the parameters resolve) becomes a job variable.
+    """
     names = [spec.name for spec in config.deployments]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -88,6 +104,13 @@ def build_deployments(config: DeploymentConfig) -> list[Any]:
             schedules.append(Cron(spec.cron, timezone=spec.timezone))
         elif spec.interval:
             schedules.append(Interval(spec.interval, timezone=spec.timezone))
+        pool_options: dict[str, Any] = {}
+        if work_pool is not None:
+            pool_options = {
+                "work_pool_name": work_pool,
+                "entrypoint_type": EntrypointType.MODULE_PATH,
+                "job_variables": {"working_dir": str(working_dir)} if working_dir else None,
+            }
         try:
             deployment = flow.to_deployment(
                 name=spec.name,
@@ -95,6 +118,7 @@ def build_deployments(config: DeploymentConfig) -> list[Any]:
                 description=spec.description,
                 tags=["cattune", *spec.tags],
                 schedules=schedules or None,
+                **pool_options,
             )
         except ValueError as error:
             raise ConfigError(f"deployment {spec.name!r}: {error}") from None
@@ -116,3 +140,42 @@ def serve_deployments(deployments: list[Any], *, limit: int | None = None) -> No
     from prefect import serve
 
     serve(*deployments, limit=limit)
+
+
+def deploy_to_pool(deployments: list[Any], work_pool: str) -> list[str]:
+    """Create or update the deployments on the Prefect server, for ``work_pool``; their ids.
+
+    Needs ``PREFECT_API_URL`` (deployments made on a temporary server would vanish with it) and a
+    work pool that exists (``prefect work-pool create NAME --type process``).
+    """
+    from prefect import deploy
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        raise ConfigError(
+            "PREFECT_API_URL is not set: start a server (`prefect server start`) and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api before deploying to a work pool"
+        )
+    try:
+        ids = deploy(
+            *deployments,
+            work_pool_name=work_pool,
+            build=False,
+            push=False,
+            print_next_steps_message=False,
+            ignore_warnings=True,
+        )
+    except ValueError as error:
+        if "Could not find work pool" not in str(error):
+            raise
+        raise ConfigError(
+            f"no work pool {work_pool!r} on {api_url}: create it with "
+            f"`prefect work-pool create {work_pool} --type process`"
+        ) from None
+    except httpx.TransportError as error:
+        raise ConfigError(
+            f"cannot reach the Prefect server at {api_url} ({error}): is `prefect server start` "
+            "running, and is PREFECT_API_URL right?"
+        ) from None
+    return [str(i) for i in ids]

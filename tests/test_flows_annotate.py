@@ -158,10 +158,11 @@ def test_summary_markdown_marks_examples() -> None:
         rows_read=2,
         rows_annotated=1,
         rows_quarantined=1,
-        quarantine_reasons={"phrase 'x' | not found": 1},
+        quarantine_reasons={"phrase 'x' | not found": 1, "no *relations* in prompt_field\nrow": 2},
     )
     text = summary_markdown(summary, [row])
     assert "version 3" in text
     assert "| 2 | 0 | 0 | 0 | 1 | 1 |" in text
-    assert "phrase 'x' / not found" in text
+    assert "- **1 row**: phrase 'x' | not found\n" in text
+    assert "- **2 rows**: no \\*relations\\* in prompt\\_field row\n" in text
     assert "**Smoking: 9**. Answer: _High Risk_" in text

@@ -102,6 +102,13 @@ def test_example_deployments_build() -> None:
     assert by_name["weekly-handoff-stg"].parameters["training_config"]["mode"] == "cat"
 
 
+def test_every_minute_example_builds() -> None:
+    [deployment] = build_deployments(load_config(EXAMPLE_CONFIG.parent / "every-minute.yaml"))
+    assert deployment.name == "stg-every-minute"
+    assert deployment.schedules[0].schedule.cron == "* * * * *"
+    assert deployment.parameters["source"] == "data/stg/train.parquet"
+
+
 def _spec(flow: str, cron: str | None = None, **parameters: str) -> dict:
     spec = {"name": "a", "flow": flow, "parameters": parameters}
     return spec | ({"cron": cron} if cron else {})
