@@ -89,6 +89,7 @@ def test_attention_weight_follows_the_decay_schedule(tiny_dir, tmp_path) -> None
 
 def test_lora_trains_adapters_only_and_raises_the_ratio(tiny_dir, tmp_path) -> None:
     trainer = run(tiny_dir, tmp_path / "lora", lora=True, learning_rate=1e-2)
+    assert trainer._trim_logits, "the peft wrapper's base model takes logits_to_keep"
     model = trainer.model
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained and all("lora_" in n for n in trained)

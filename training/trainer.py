@@ -76,8 +76,9 @@ class CATTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._sums = torch.zeros(len(LOGGED), dtype=torch.float64)
         self._counts = torch.zeros(len(LOGGED), dtype=torch.float64)
-        forward = self.accelerator.unwrap_model(self.model).forward
-        self._trim_logits = "logits_to_keep" in inspect.signature(forward).parameters
+        inner = self.accelerator.unwrap_model(self.model)
+        base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+        self._trim_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def attention_weight_now(self) -> float:
         epoch = float(self.state.epoch or 0.0)
