@@ -49,20 +49,27 @@ def answers_match(prediction: str, reference: str) -> bool:
 def generate(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[int]],
     *,
     batch_size: int = 16,
     max_new_tokens: int = 16,
     progress: bool = True,
 ) -> list[str]:
-    """Greedy completions of ``prompts`` (left-padded batches), decoded without special tokens."""
+    """Greedy completions of ``prompts`` (left-padded batches), decoded without special tokens.
+
+    A prompt is a text (tokenized whole, with special tokens) or the ids to start from, such as
+    :func:`~cattune.training.data.prompt_ids` of a training row.
+    """
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     outputs: list[str] = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
-        encoded = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        encoded = [
+            prompt_ids(tokenizer, p) if isinstance(p, str) else list(p)
+            for p in prompts[start : start + batch_size]
+        ]
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
         attention = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -149,7 +156,8 @@ def evaluate_rows(
         )
         max_new_tokens = longest + 4
     texts = generate(
-        model, tokenizer, [r.prompt for r in rows], batch_size=batch_size,
+        model, tokenizer, [prompt_ids(tokenizer, r.prompt, r.completion) for r in rows],
+        batch_size=batch_size,
         max_new_tokens=max_new_tokens, progress=progress,
     )  # fmt: skip
     predictions = [
