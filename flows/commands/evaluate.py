@@ -50,16 +50,17 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(EvalOptions, {k: v for k, v in values.items() if v is not None})
     metrics = evaluate_model(options)
     table = Table(title=f"cattune eval {args.model}", title_justify="left")
-    for column in ("split", "n", "accuracy", "causal ratio"):
+    for column in ("split", "n", "accuracy", "choice accuracy", "causal ratio"):
         table.add_column(column, justify="left" if column == "split" else "right")
     groups = {**metrics["splits"], **{k: metrics[k] for k in ("iid", "ood") if k in metrics}}
     groups["overall"] = metrics["overall"]
     for name, item in groups.items():
-        ratio = item.get("causal_ratio")
+        ratio, choice = item.get("causal_ratio"), item["choice_accuracy"]
         table.add_row(
             name,
             str(item["n"]),
             f"{item['accuracy']:.3f}",
+            "-" if choice is None else f"{choice:.3f}",
             "-" if ratio is None else f"{ratio:.3f}",
         )
     Console().print(table)
