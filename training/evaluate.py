@@ -124,8 +124,9 @@ def choice_row(tokenizer: Any, prompt: str, candidates: Sequence[str]) -> Choice
     cut = min(j.prompt_tokens for j in joined)
     first = joined[0].ids
     for other in joined[1:]:
-        same = [a == b for a, b in zip(first[:cut], other.ids[:cut], strict=False)]
-        cut = same.index(False) if False in same else cut
+        pairs = zip(first[:cut], other.ids[:cut], strict=True)  # cut <= either length
+        differ = (i for i, (a, b) in enumerate(pairs) if a != b)
+        cut = next(differ, cut)
     if cut == 0:
         raise InputError(
             f"the prompt {prompt[:40]!r} gives no token before its completion (an empty prompt "
