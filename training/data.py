@@ -1,9 +1,12 @@
 """Contract rows -> token ids, labels and causal rectangles; the batch collator.
 
-Prompt and completion are tokenized separately (the prompt with the tokenizer's special tokens,
-the completion without) and concatenated, then EOS is appended. Generation at evaluation time
-starts from exactly the prompt ids used in training, and labels cover exactly the completion
-tokens and EOS. Character spans become token spans through the offset mapping only: a token
+``prompt + completion`` is tokenized once, as one string with the tokenizer's special tokens (as
+the CAT authors do), and EOS is appended. The completion's tokens are those whose character range
+reaches past the end of the prompt: a token that straddles the boundary (" High" where the space
+ends the prompt) belongs to the completion, and its label is learned. Labels cover exactly the
+completion tokens and EOS. The ids before the first completion token are what generation starts
+from at evaluation time (:func:`prompt_ids`); they may lack the prompt's trailing space, which the
+model then generates. Character spans become token spans through the offset mapping only: a token
 belongs to a span if its character range overlaps the span (zero-width special tokens never do).
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,12 +54,6 @@ class Encoded:
     dropped_spans: int = 0
 
 
-def _tokenize(tokenizer, text: str, special: bool) -> tuple[list[int], np.ndarray]:
-    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
-    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-    return list(enc["input_ids"]), offsets
-
-
 def require_fast(tokenizer) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(
@@ -65,9 +63,34 @@ def require_fast(tokenizer) -> None:
         )
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The ids a generation starts from; identical to the prompt part of a training row."""
-    return _tokenize(tokenizer, prompt, special=True)[0]
+@dataclass(frozen=True)
+class Joined:
+    """``prompt + completion`` tokenized as one string (with the tokenizer's special tokens)."""
+
+    ids: list[int]
+    offsets: np.ndarray
+    """[n, 2] character ranges into ``prompt + completion``."""
+    prompt_tokens: int
+    """How many tokens come before the first one that reaches past the prompt."""
+
+
+def tokenize_joined(tokenizer: Any, prompt: str, completion: str) -> Joined:
+    """Tokenize ``prompt + completion`` once and find where the completion's tokens begin."""
+    enc = tokenizer(prompt + completion, add_special_tokens=True, return_offsets_mapping=True)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    reaching = np.flatnonzero(offsets[:, 1] > len(prompt))
+    ids = list(enc["input_ids"])
+    return Joined(ids, offsets, int(reaching[0]) if reaching.size else len(ids))
+
+
+def prompt_ids(tokenizer: Any, prompt: str, completion: str = "") -> list[int]:
+    """The ids of the training row ``prompt + completion`` before its first completion token.
+
+    Generation starts from these, so it starts from what training saw. Without a completion this
+    is the whole prompt; with one, a trailing space of the prompt may go to the completion.
+    """
+    joined = tokenize_joined(tokenizer, prompt, completion)
+    return joined.ids[: joined.prompt_tokens]
 
 
 def encode_example(tokenizer, row: AnnotatedExample, max_length: int | None = None) -> Encoded:
@@ -75,12 +98,12 @@ def encode_example(tokenizer, row: AnnotatedExample, max_length: int | None = No
     require_fast(tokenizer)
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no EOS token; set tokenizer.eos_token")
-    p_ids, p_off = _tokenize(tokenizer, row.prompt, special=True)
-    c_ids, c_off = _tokenize(tokenizer, row.completion, special=False)
+    joined = tokenize_joined(tokenizer, row.prompt, row.completion)
     end = len(row.prompt) + len(row.completion)
-    offsets = np.concatenate([p_off, c_off + len(row.prompt), np.array([[end, end]])])
-    ids = p_ids + c_ids + [tokenizer.eos_token_id]
-    labels = [IGNORE_INDEX] * len(p_ids) + c_ids + [tokenizer.eos_token_id]
+    offsets = np.concatenate([joined.offsets, np.array([[end, end]])])
+    ids = joined.ids + [tokenizer.eos_token_id]
+    n_prompt = joined.prompt_tokens
+    labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
     rects: list[Rect] = []
     dropped = 0
     for relation in row.relations:
@@ -95,7 +118,7 @@ def encode_example(tokenizer, row: AnnotatedExample, max_length: int | None = No
     length = len(ids)
     clipped = [(r0, min(r1, length), c0, min(c1, length)) for r0, r1, c0, c1 in rects]
     rects = [r for r in clipped if r[0] < r[1] and r[2] < r[3]]
-    return Encoded(ids, labels, rects, min(len(p_ids), length), dropped)
+    return Encoded(ids, labels, rects, min(n_prompt, length), dropped)
 
 
 @dataclass

@@ -171,7 +171,8 @@ def train(script: ScriptArguments, model_args: ModelArguments, config: CATConfig
         evaluated, predictions = evaluate_rows(
             final, tokenizer, eval_rows, batch_size=config.per_device_train_batch_size,
             max_length=config.max_length, implementation=config.attn_implementation,
-            progress=not config.disable_tqdm,
+            progress=not config.disable_tqdm, max_choices=script.max_choices,
+            bf16=bool(config.bf16),
         )  # fmt: skip
         metrics["eval"] = evaluated
         write_results(out / "eval", evaluated, predictions)
@@ -244,6 +245,7 @@ def evaluate_model(options: EvalArguments) -> dict[str, Any]:
         model, tokenizer, rows, batch_size=options.batch_size,
         max_new_tokens=options.max_new_tokens, max_length=options.max_length,
         implementation=options.attn_implementation, progress=not options.quiet,
+        max_choices=options.max_choices, bf16=bool(options.bf16),
     )  # fmt: skip
     write_results(options.out or Path(model_dir) / "eval", metrics, predictions)
     return metrics
