@@ -73,6 +73,8 @@ class ModeResult(BaseModel):
     mode: str
     iid_accuracy: float
     ood_accuracy: float
+    iid_choice_accuracy: float | None
+    ood_choice_accuracy: float | None
     causal_ratio: float | None
     out_dir: str
 
@@ -235,6 +237,8 @@ def _mode_result(mode: str, metrics: dict[str, Any], out: Path) -> ModeResult:
         mode=mode,
         iid_accuracy=evaluated["iid"]["accuracy"],
         ood_accuracy=evaluated["ood"]["accuracy"],
+        iid_choice_accuracy=evaluated["iid"]["choice_accuracy"],
+        ood_choice_accuracy=evaluated["ood"]["choice_accuracy"],
         causal_ratio=evaluated["overall"]["causal_ratio"],
         out_dir=str(out),
     )
@@ -270,10 +274,12 @@ def results_table(result: DemoResult) -> Table:
         title=f"cattune demo: STG, {result.model}, dataset version {result.dataset_version}"
     )
     table.add_column("mode")
-    table.add_column("IID accuracy", justify="right")
-    table.add_column("OOD accuracy", justify="right")
-    table.add_column("causal ratio a1/a0", justify="right")
+    for column in ("IID greedy", "OOD greedy", "IID choice", "OOD choice", "causal ratio a1/a0"):
+        table.add_column(column, justify="right")
     for mode in result.modes:
         ratio = "n/a" if mode.causal_ratio is None else f"{mode.causal_ratio:.2f}"
-        table.add_row(mode.mode, f"{mode.iid_accuracy:.1%}", f"{mode.ood_accuracy:.1%}", ratio)
+        cells = (
+            mode.iid_accuracy, mode.ood_accuracy, mode.iid_choice_accuracy, mode.ood_choice_accuracy
+        )
+        table.add_row(mode.mode, *("n/a" if c is None else f"{c:.1%}" for c in cells), ratio)
     return table

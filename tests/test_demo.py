@@ -37,6 +37,7 @@ def test_demo_runs_every_stage_into_one_run_directory(
     assert [m.mode for m in result.modes] == ["baseline", "cat"]
     for mode in result.modes:
         assert 0.0 <= mode.iid_accuracy <= 1.0 and 0.0 <= mode.ood_accuracy <= 1.0
+        assert mode.iid_choice_accuracy is not None  # STG has a closed label set
         metrics = json.loads((Path(mode.out_dir) / "metrics.json").read_text())
         assert metrics["mode"] == mode.mode
         assert metrics["eval"]["splits"].keys() == {"iid_test", "ood_test"}
