@@ -13,7 +13,6 @@ from cattune.training.config import (
     ModelArguments,
     native_bf16,
     parse_train_args,
-    train_args_from_dict,
     train_parser,
 )
 from cattune.training.run import default_learning_rate
@@ -59,7 +58,7 @@ def test_job_config_gives_defaults_and_flags_override_it() -> None:
 
 def test_unknown_names_suggest_the_field() -> None:
     with pytest.raises(ConfigError, match=r"lr \(did you mean learning_rate\?\)"):
-        train_args_from_dict({"lr": 0.1})
+        parse_train_args([], {"lr": 0.1})
     with pytest.raises(ConfigError, match="did you mean num_train_epochs"):
         parse_train_args([], {"num_train_epoch": 1})
 
@@ -75,9 +74,9 @@ def test_unknown_names_suggest_the_field() -> None:
         ({"lora_dropout": 1.0}, "lora_dropout"),
     ],
 )
-def test_dict_values_are_checked_like_flags(values: dict, message: str) -> None:
+def test_job_config_values_are_checked_like_flags(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        train_args_from_dict(values)
+        parse_train_args([], values)
 
 
 def test_default_learning_rate_follows_the_kind_of_model() -> None:

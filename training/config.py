@@ -37,6 +37,11 @@ def _help(text: str, *aliases: str) -> dict[str, Any]:
     return {"help": text, "aliases": list(aliases)} if aliases else {"help": text}
 
 
+def _switch(text: str, *aliases: str) -> dict[str, Any]:
+    """A bool flag that is true when given alone (``--bf16``), or set (``--bf16 false``)."""
+    return {**_help(text, *aliases), "nargs": "?", "const": True}
+
+
 @dataclass
 class ScriptArguments:
     """The data a run trains on and is evaluated on."""
@@ -160,19 +165,13 @@ class CATConfig(TrainingArguments):
     )
     bf16: bool | None = field(
         default=None,
-        metadata={
-            **_help("bf16 mixed precision (default: where it is native: CUDA, or a CPU with AMX)"),
-            "nargs": "?",
-            "const": True,
-        },
+        metadata=_switch(
+            "bf16 mixed precision (default: where it is native: CUDA, or a CPU with AMX)"
+        ),
     )
     disable_tqdm: bool | None = field(
         default=None,
-        metadata={
-            **_help("no progress bars (losses are still logged)", "--quiet"),
-            "nargs": "?",
-            "const": True,
-        },
+        metadata=_switch("no progress bars (losses are still logged)", "--quiet"),
     )
     logging_steps: float = field(default=10, metadata=_help("log every N steps"))
     seed: int = field(default=0, metadata=_help("seeds model building, data order and training"))
@@ -238,11 +237,7 @@ class EvalArguments:
     )
     bf16: bool | None = field(
         default=None,
-        metadata={
-            **_help("bf16 autocast (default: where it is native, as in cattune train)"),
-            "nargs": "?",
-            "const": True,
-        },
+        metadata=_switch("bf16 autocast (default: where it is native, as in cattune train)"),
     )
     out: str | None = field(default=None, metadata=_help("output directory (default MODEL/eval)"))
     quiet: bool = field(default=False, metadata=_help("no progress bars"))
@@ -286,18 +281,6 @@ def parse_train_args(
         script, model, config, _ = parser.parse_args_into_dataclasses(
             argv, look_for_args_file=False
         )
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"invalid training options: {error}") from error
-    return script, model, config
-
-
-def train_args_from_dict(
-    values: dict[str, Any],
-) -> tuple[ScriptArguments, ModelArguments, CATConfig]:
-    """The three dataclasses from a dict of field names (a job file's config, a script)."""
-    check_names(values)
-    try:
-        script, model, config = HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(values)  # type: ignore[arg-type]
     except (ValueError, TypeError) as error:
         raise ConfigError(f"invalid training options: {error}") from error
     return script, model, config
