@@ -50,7 +50,7 @@ def test_generated_pair_runs_and_cat_raises_the_ratio(repro, tmp_path: Path) -> 
 
 def test_authors_files_load_with_gold_relations(repro, reference_data: Path) -> None:
     settings = repro.Settings(n_train=20, n_test=10)
-    for variant in repro.VARIANTS:
+    for variant in repro.AUTHOR_FILES:
         splits = repro.load_splits(variant, "authors", 0, settings)
         assert [len(splits[s]) for s in repro.SPLITS] == [20, 10, 10]
         assert all(r.relations for r in splits["train"])
