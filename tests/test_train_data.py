@@ -382,7 +382,7 @@ def test_smollm2_tokenizer_puts_the_boundary_token_in_the_completion(reference_d
 
     folder = spec.submodule_search_locations[0]
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    rows, _ = convert_source(reference_data / "STG" / "spurious_token_game_train3_S.jsonl")
+    rows = convert_source(reference_data / "STG" / "spurious_token_game_train3_S.jsonl").records
     row = rows[0]
     assert row.prompt.endswith("Answer: ") and row.completion in ("High Risk", "Low Risk")
     encoded = encode_example(tokenizer, row)
