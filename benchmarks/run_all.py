@@ -32,6 +32,10 @@ BENCHMARKS: dict[str, tuple[list[str], str]] = {
         "One training step: memory-efficient CAT vs plain SDPA fine-tuning vs eager "
         "+ output_attentions",
     ),
+    "pretrained_step": (
+        ["--rounds", "5"],
+        "One training step on the pretrained SmolLM2-135M (LoRA): CAT vs baseline",
+    ),
     "alignment_speed": ([], "Span -> token alignment: offset mapping vs token-subsequence search"),
     "annotation_throughput": ([], "LLM annotation throughput vs concurrency (200 ms server)"),
     "flow_overhead": ([], "Prefect annotate-flow overhead per 1,000 rows (gold annotator)"),
