@@ -21,23 +21,24 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import SecretStr
 
 from cattune.annotators.base import AnnotationResult
 from cattune.annotators.llm_cache import ReplyCache, cache_key
-from cattune.annotators.llm_parse import annotated, check_reply, quarantined
+from cattune.annotators.llm_parse import annotated, check_reply, final_result, quarantined
 from cattune.annotators.llm_prompt import (
     PROMPT_VERSION,
     Message,
     build_messages,
     build_repair_messages,
+    json_object_response_format,
     json_schema_response_format,
     prompt_hash,
     prompted_config_hash,
@@ -57,10 +58,15 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 PLACEHOLDER_API_KEY = "EMPTY"  # what local servers such as `vllm serve` accept without --api-key
 _RETRYABLE_STATUS = {408, 409, 425, 429}
+StructuredOutput = Literal["auto", "json_schema", "json_object", "off"]
+STRUCTURED_OUTPUTS: tuple[StructuredOutput, ...] = ("auto", "json_schema", "json_object", "off")
+_FALLBACK: dict[str, StructuredOutput] = {"json_schema": "json_object", "json_object": "off"}
+_SERVER_TEXT = 300  # characters of a server's error text kept in a reason
 
 
 def default_cache_path() -> Path:
@@ -115,7 +121,7 @@ class _Run:
     client: AsyncOpenAI
     cache: ReplyCache | None
     semaphore: asyncio.Semaphore
-    structured: bool
+    mode: StructuredOutput  # what requests ask for now; "auto" negotiates down from json_schema
     stats: RunStats
     pause_until: float = 0.0
     any_response: bool = field(default=False)
@@ -153,6 +159,26 @@ def _retry_after_seconds(headers: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+def _run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from plain code, a thread, or code already inside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _server_text(error: Any) -> str:
+    """What the server said in an error response, on one line and shortened."""
+    text = str(error.message)
+    text = text.removeprefix(f"Error code: {error.status_code}").removeprefix(" - ").strip()
+    if not text and isinstance(error.body, str):
+        text = error.body.strip()
+    text = " ".join(text.split()) or "no explanation given"
+    return text if len(text) <= _SERVER_TEXT else text[: _SERVER_TEXT - 3] + "..."
 
 
 def _reply_content(body: str) -> str:
@@ -195,8 +221,10 @@ class LLMAnnotator:
         max_tokens: int | None = 2048,
         top_p: float | None = None,
         seed: int | None = None,
-        structured_output: bool = True,
+        structured_output: StructuredOutput = "auto",
         cache: str | Path | Literal[False] | None = None,
+        refresh: bool = False,
+        max_dropped_share: float = 0.5,
         strategy: Strategy = "all",
         boundary: Boundary = "word",
         progress: bool | None = None,
@@ -207,6 +235,17 @@ class LLMAnnotator:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         if timeout <= 0:
             raise ConfigError(f"timeout must be positive (seconds), got {timeout}")
+        if not 0 <= max_dropped_share <= 1:
+            raise ConfigError(f"max_dropped_share must be between 0 and 1, got {max_dropped_share}")
+        if structured_output not in STRUCTURED_OUTPUTS:
+            raise ConfigError(
+                f"unknown structured output {structured_output!r}; use one of "
+                + ", ".join(STRUCTURED_OUTPUTS)
+            )
+        if max_tokens is not None and max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
+        if temperature < 0:
+            raise ConfigError(f"temperature must be 0 or more, got {temperature}")
         if max_retries < 0:
             raise ConfigError(f"max_retries must be 0 or more, got {max_retries}")
         self.pack = resolve_pack(pack)
@@ -223,6 +262,8 @@ class LLMAnnotator:
         self.decoding = Decoding(temperature, max_tokens, top_p, seed)
         self.structured_output = structured_output
         self.cache_path = None if cache is False else Path(cache or default_cache_path())
+        self.refresh = refresh
+        self.max_dropped_share = max_dropped_share
         self.strategy = strategy
         self.boundary = boundary
         self.progress = progress
@@ -268,13 +309,51 @@ class LLMAnnotator:
 
     def annotate(self, examples: Sequence[Example]) -> list[AnnotationResult]:
         """Annotate a batch; usable from plain code, threads and running event loops alike."""
-        batch = list(examples)
+        return _run_sync(self.aannotate(list(examples)))
+
+    def check_endpoint(self) -> None:
+        """Fail before any row when the endpoint is unreachable, refuses the key, or lists models
+        without this one. Servers that list nothing (or have no model list) pass."""
+
+        async def check() -> None:
+            client = self._client()
+            try:
+                await self._check_endpoint(client)
+            finally:
+                await client.close()
+
+        _run_sync(check())
+
+    def _client(self) -> AsyncOpenAI:
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key.get_secret_value(),
+            max_retries=0,
+            timeout=self.timeout,
+        )
+
+    async def _check_endpoint(self, client: AsyncOpenAI) -> None:
+        import openai
+
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.aannotate(batch))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.aannotate(batch)).result()
+            page = await client.models.list()
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+            self._raise_final(error, _server_text(error), 0)
+            raise
+        except openai.APIConnectionError as error:
+            if _is_connect_failure(error):
+                raise self._unreachable() from None
+            return
+        except openai.APIError:
+            return  # no model list here (404, 5xx, another shape): the chat requests will tell
+        listed = [str(model.id) for model in page.data]
+        if listed and self.model not in listed:
+            raise EndpointError(
+                f"the endpoint {self._where()} does not serve model {self.model!r}; it lists "
+                f"{', '.join(map(repr, listed[:10]))}: fix --model"
+            )
 
     async def aannotate(self, examples: Sequence[Example]) -> list[AnnotationResult]:
         stats = RunStats(rows=len(examples))
@@ -283,18 +362,14 @@ class LLMAnnotator:
         keys = [self.cache_key(example.text) for example in examples]
         cache = ReplyCache(self.cache_path) if self.cache_path is not None else None
         try:
-            hits = cache.get_many(keys) if cache is not None else {}
+            hits = cache.get_many(keys) if cache is not None and not self.refresh else {}
             pending: dict[str, list[int]] = {}
             for index, (example, key) in enumerate(zip(examples, keys, strict=True)):
                 hit = hits.get(key)
-                checked = (
-                    check_reply(hit.reply, example.text, self.strategy, self.boundary)
-                    if hit
-                    else None
-                )
-                if hit is not None and checked is not None and checked.ok:
+                if hit is not None:
+                    checked = check_reply(hit.reply, example.text, self.strategy, self.boundary)
                     annotation = self._annotation(hit.attempts, hit.created_at)
-                    results[index] = annotated(example, checked, annotation)
+                    results[index] = final_result(example, checked, hit.reply, annotation)
                     stats.cached += 1
                 else:
                     pending.setdefault(key, []).append(index)
@@ -327,18 +402,21 @@ class LLMAnnotator:
         cache: ReplyCache | None,
         stats: RunStats,
     ) -> None:
-        from openai import AsyncOpenAI
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        client = AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=self._api_key.get_secret_value(),
-            max_retries=0,
-            timeout=self.timeout,
-        )
+        client = self._client()
+        try:
+            await self._check_endpoint(client)
+        except BaseException:
+            await client.close()
+            raise
         run = _Run(
-            client, cache, asyncio.Semaphore(self.concurrency), self.structured_output, stats
+            client,
+            cache,
+            asyncio.Semaphore(self.concurrency),
+            "json_schema" if self.structured_output == "auto" else self.structured_output,
+            stats,
         )
         show = self.progress
         if show is None:
@@ -386,19 +464,21 @@ class LLMAnnotator:
             reply, used = await self._complete(run, messages)
             attempts += used
             checked = check_reply(reply, text, self.strategy, self.boundary)
-            if not checked.ok:
+            if checked.needs_repair(self.max_dropped_share):
                 repair = build_repair_messages(messages, reply, checked.problems)
-                reply, used = await self._complete(run, repair)
+                try:
+                    second, used = await self._complete(run, repair)
+                except _RowFailed as failure:
+                    if not checked.usable:
+                        raise failure from None
+                    # The valid part of the first reply stands; not cached, so a later run
+                    # may still ask for the repair.
+                    attempts += failure.attempts
+                    return annotated(example, checked, self._annotation(attempts))
                 attempts += used
-                checked = check_reply(reply, text, self.strategy, self.boundary)
-                if not checked.ok:
-                    return quarantined(
-                        example,
-                        self._annotation(attempts),
-                        "reply unusable after one repair request: " + "; ".join(checked.problems),
-                        raw_output=self._scrub(reply),
-                        retryable=False,
-                    )
+                repaired = check_reply(second, text, self.strategy, self.boundary)
+                if repaired.better_than(checked) or not checked.usable:
+                    reply, checked = second, repaired
         except _RowFailed as failure:
             return quarantined(
                 example,
@@ -407,9 +487,10 @@ class LLMAnnotator:
                 raw_output=None,
                 retryable=failure.retryable,
             )
+        reply = self._scrub(reply)
         if run.cache is not None:
             run.cache.put(key, reply, attempts)
-        return annotated(example, checked, self._annotation(attempts))
+        return final_result(example, checked, reply, self._annotation(attempts))
 
     async def _complete(self, run: _Run, messages: list[Message]) -> tuple[str, int]:
         """One chat completion with retries; returns (reply text, requests sent)."""
@@ -424,48 +505,24 @@ class LLMAnnotator:
             async with run.semaphore:
                 sent += 1
                 run.stats.requests += 1
+                mode = run.mode
                 try:
                     body = await run.client.post(
                         "/chat/completions",
                         cast_to=str,
-                        body=self._request_body(messages, structured=run.structured),
+                        body=self._request_body(messages, mode),
                         options={"timeout": self.timeout},
                     )
                     content = _reply_content(body)
-                except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                    raise EndpointError(
-                        f"the endpoint {self._where()} refused the API key "
-                        f"(HTTP {error.status_code}); put a valid key in ${self.api_key_env} "
-                        "or choose the variable with --api-key-env"
-                    ) from None
-                except openai.NotFoundError:
-                    raise EndpointError(
-                        f"the endpoint {self._where()} answered 404 for model {self.model!r}: "
-                        "check --model against the server's model list and that --base-url "
-                        "ends in /v1"
-                    ) from None
-                except openai.BadRequestError as error:
-                    if run.structured and "response_format" in str(error.message):
-                        run.structured = False
-                        logger.warning(
-                            "the endpoint does not accept response_format=json_schema; "
-                            "asking in the prompt only and reading replies leniently"
-                        )
-                        continue
-                    raise _RowFailed(
-                        f"the endpoint rejected the request (HTTP 400): {error.message}",
-                        sent,
-                        retryable=False,
-                    ) from None
                 except openai.APIStatusError as error:
+                    run.any_response = True
                     status = error.status_code
-                    if status < 500 and status not in _RETRYABLE_STATUS:
-                        raise _RowFailed(
-                            f"the endpoint answered HTTP {status}: {error.message}",
-                            sent,
-                            retryable=False,
-                        ) from None
-                    reason = f"HTTP {status} from the endpoint"
+                    text = _server_text(error)
+                    if mode != "off" and "response_format" in text:
+                        self._refuse_format(run, mode, text)
+                        continue
+                    self._raise_final(error, text, sent)
+                    reason = f"HTTP {status} from the endpoint: {text}"
                     wait = _retry_after_seconds(error.response.headers)
                     if wait is not None:
                         if wait > self.max_retry_after:
@@ -496,13 +553,44 @@ class LLMAnnotator:
                 break
             await asyncio.sleep(delay)
         if connect_failures == sent and not run.any_response:
-            raise EndpointError(
-                f"cannot connect to the endpoint {self._where()}: start the server (for example "
-                "`vllm serve MODEL`) or fix --base-url"
-            )
+            raise self._unreachable()
         raise _RowFailed(f"{reason}; gave up after {sent} attempts", sent, retryable=True)
 
-    def _request_body(self, messages: list[Message], *, structured: bool) -> dict[str, Any]:
+    def _refuse_format(self, run: _Run, mode: StructuredOutput, text: str) -> None:
+        """The server rejected ``response_format``: step down (auto) or stop the run (explicit)."""
+        if self.structured_output != "auto":
+            raise EndpointError(
+                f"the endpoint {self._where()} rejects response_format {mode!r} ({text}); "
+                "use --structured-output auto, json_object or off"
+            )
+        if run.mode == mode:  # the first of several concurrent refusals steps down, once
+            run.mode = _FALLBACK[mode]
+            logger.warning(
+                "the endpoint rejects response_format %r (%s); asking with %s from now on",
+                mode,
+                text,
+                "the prompt only" if run.mode == "off" else f"response_format {run.mode!r}",
+            )
+
+    def _raise_final(self, error: Any, text: str, sent: int) -> None:
+        """Raise for status errors that no retry can heal; return for retryable ones."""
+        status = error.status_code
+        if status in (401, 403):
+            raise EndpointError(
+                f"the endpoint {self._where()} refused the API key (HTTP {status}: {text}); put "
+                f"a valid key in ${self.api_key_env} or choose the variable with --api-key-env"
+            ) from None
+        if status == 404:
+            raise EndpointError(
+                f"the endpoint {self._where()} answered 404 for model {self.model!r} ({text}): "
+                "check --model against the server's model list and that --base-url ends in /v1"
+            ) from None
+        if status < 500 and status not in _RETRYABLE_STATUS:
+            raise _RowFailed(
+                f"the endpoint rejected the request (HTTP {status}): {text}", sent, retryable=False
+            ) from None
+
+    def _request_body(self, messages: list[Message], mode: StructuredOutput) -> dict[str, Any]:
         """The chat-completions JSON body.
 
         Sent through the SDK's raw ``client.post`` (its documented way to make requests it has
@@ -512,8 +600,10 @@ class LLMAnnotator:
         """
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         body.update(self.decoding.as_dict())
-        if structured:
+        if mode == "json_schema":
             body["response_format"] = json_schema_response_format()
+        elif mode == "json_object":
+            body["response_format"] = json_object_response_format()
         return body
 
     async def _wait_for_pause(self, run: _Run) -> None:
@@ -525,6 +615,12 @@ class LLMAnnotator:
         """Exponential backoff with jitter: half fixed, half random."""
         ceiling = min(self.max_backoff, self.backoff * 2**failures)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _unreachable(self) -> EndpointError:
+        return EndpointError(
+            f"cannot connect to the endpoint {self._where()}: start the server (for example "
+            "`vllm serve MODEL`) or fix --base-url"
+        )
 
     def _where(self) -> str:
         return self.base_url or "api.openai.com"

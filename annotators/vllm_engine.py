@@ -21,7 +21,7 @@ from typing import Any
 
 from cattune.annotators.base import AnnotationResult
 from cattune.annotators.llm import Decoding, resolve_pack
-from cattune.annotators.llm_parse import CheckedReply, annotated, check_reply, quarantined
+from cattune.annotators.llm_parse import CheckedReply, check_reply, final_result, quarantined
 from cattune.annotators.llm_prompt import (
     WIRE_SCHEMA,
     Message,
@@ -97,6 +97,7 @@ class VLLMAnnotator:
         top_p: float | None = None,
         seed: int | None = None,
         structured_output: bool = True,
+        max_dropped_share: float = 0.5,
         strategy: Strategy = "all",
         boundary: Boundary = "word",
         engine_options: dict[str, Any] | None = None,
@@ -110,6 +111,7 @@ class VLLMAnnotator:
         self.model = model
         self.decoding = Decoding(temperature, max_tokens, top_p, seed)
         self.structured_output = structured_output
+        self.max_dropped_share = max_dropped_share
         self.strategy = strategy
         self.boundary = boundary
         self.engine_options = dict(engine_options or {})
@@ -150,15 +152,16 @@ class VLLMAnnotator:
                 for r, t in zip(replies, texts, strict=True)
             ]
             attempts = [1] * len(texts)
-            redo = [i for i, c in enumerate(checked) if not c.ok]
+            redo = [i for i, c in enumerate(checked) if c.needs_repair(self.max_dropped_share)]
             if redo:
                 repairs = [
                     build_repair_messages(chats[i], replies[i], checked[i].problems) for i in redo
                 ]
                 for i, reply in zip(redo, self._chat(repairs), strict=True):
-                    replies[i] = reply
-                    checked[i] = check_reply(reply, texts[i], self.strategy, self.boundary)
                     attempts[i] = 2
+                    repaired = check_reply(reply, texts[i], self.strategy, self.boundary)
+                    if repaired.better_than(checked[i]) or not checked[i].usable:
+                        replies[i], checked[i] = reply, repaired
         except ConfigError:
             raise
         except Exception as error:  # engine failures are about the run, not the rows
@@ -177,16 +180,7 @@ class VLLMAnnotator:
     def _result(
         self, row: Example, checked: CheckedReply, reply: str, attempts: int
     ) -> AnnotationResult:
-        annotation = self._annotation(attempts)
-        if checked.ok:
-            return annotated(row, checked, annotation)
-        return quarantined(
-            row,
-            annotation,
-            "reply unusable after one repair request: " + "; ".join(checked.problems),
-            raw_output=reply,
-            retryable=False,
-        )
+        return final_result(row, checked, reply, self._annotation(attempts))
 
     def _annotation(self, attempts: int) -> Annotation:
         return Annotation(

@@ -392,7 +392,8 @@ def test_server_without_structured_output_falls_back_to_the_prompt(tmp_path: Pat
         results = annotator(server, tmp_path, concurrency=1).annotate([example(0), example(1)])
         bodies = [r.body or {} for r in server.requests]
     assert all(isinstance(r, AnnotatedExample) for r in results)
-    assert ["response_format" in b for b in bodies] == [True, False, False]
+    asked = [b.get("response_format", {}).get("type") for b in bodies]
+    assert asked == ["json_schema", "json_object", None, None]  # stepped down once, remembered
 
 
 def test_annotate_works_inside_a_running_loop_and_from_a_thread(tmp_path: Path) -> None:
