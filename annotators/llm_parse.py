@@ -94,11 +94,11 @@ def _json_candidates(reply: str) -> Iterator[Any]:
 def _forms(value: Any) -> list[Any]:
     """Ways to read one JSON value: the wire object (extra keys ignored), then as it is.
 
-    A CAT dict is also tried as a list of one-key objects, so that an effect phrase that happens
-    to be "relations" is not taken for the wire format's key.
+    A CAT dict is read as a list of one-key objects, so that an effect phrase that happens to be
+    "relations" is not taken for the wire format's key.
     """
     if isinstance(value, dict) and isinstance(value.get("relations"), list):
-        return [value["relations"], value, [{k: v} for k, v in value.items()]]
+        return [value["relations"], [{k: v} for k, v in value.items()]]
     return [value]
 
 
@@ -107,6 +107,8 @@ def _wire_items(form: Any) -> tuple[Any, list[str]]:
 
     Without this, ``{"effect": "X"}`` would be read as the authors' dict form (effect "effect").
     """
+    if isinstance(form, dict) and isinstance(form.get("effect"), str):
+        form = [form]  # one wire item on its own
     if not isinstance(form, list):
         return form, []
     items: list[Any] = []
@@ -133,22 +135,26 @@ def read_relations_salvaged(reply: str) -> tuple[list[PhraseRelation], list[str]
     """
     first_error: str | None = None
     saw_json = False
-    empty: tuple[list[PhraseRelation], list[str]] | None = None
+    empty = False
+    incomplete: list[str] = []  # wire items lacking causes or effect, when nothing else reads
     for candidate in _json_candidates(reply):
         saw_json = True
         for form in _forms(candidate):
             items, problems = _wire_items(form)
+            incomplete = incomplete or problems
             relations, more = salvage_phrase_relations(items)
-            problems += more
+            problems = [*problems, *more]
             if relations:
                 return relations, problems
             if problems:
                 first_error = first_error or problems[0]
                 continue
-            empty = empty or (relations, problems)
+            empty = True
             break  # a reading that parses settles this value, even when it is empty
-    if empty is not None:
-        return empty
+    if incomplete:
+        return [], incomplete
+    if empty:
+        return [], []
     if not saw_json:
         raise ValueError("the reply contains no JSON object")
     raise ValueError(f"the JSON in the reply is not a list of relations: {first_error}")

@@ -9,6 +9,8 @@ attempt_index)`` callable, where ``attempt_index`` counts earlier requests with 
     with ScriptedChatServer(lambda request, attempt: Reply.completion('{"relations": []}')) as s:
         client = AsyncOpenAI(base_url=s.base_url, api_key="x")
 
+With ``api_key`` set, every request (model list included) without ``Authorization: Bearer
+<api_key>`` gets a 401, as OpenAI, ``vllm serve --api-key`` and llama.cpp's servers answer.
 ``models`` is what ``GET /v1/models`` lists (nothing by default, like servers that do not say).
 ``response_formats`` limits the ``response_format`` types the server takes; any other type gets
 the answer llama-cpp-python's server gives (HTTP 500, its validation message naming
@@ -146,7 +148,18 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet by design
         return
 
+    def _refused_key(self) -> bool:
+        """Answer 401 when the server wants a key and the request lacks it."""
+        key = self.server.scripted.api_key
+        if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+            return False
+        message = "Incorrect API key provided"
+        self._send(401, json.dumps({"error": {"message": message, "code": "invalid_api_key"}}), {})
+        return True
+
     def do_GET(self) -> None:
+        if self._refused_key():
+            return
         if self.path.rstrip("/").endswith("/models"):
             models = [
                 {"id": name, "object": "model", "created": 0, "owned_by": "scripted"}
@@ -163,6 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError:
             body = None
+        if self._refused_key():
+            return
         if not self.path.rstrip("/").endswith("/chat/completions") or not isinstance(body, dict):
             self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}), {})
             return
@@ -222,7 +237,9 @@ class ScriptedChatServer:
         host: str = "127.0.0.1",
         models: Iterable[str] = (),
         response_formats: Iterable[str] = ALL_FORMATS,
+        api_key: str | None = None,
     ) -> None:
+        self.api_key = api_key
         self.models = list(models)
         self.response_formats = tuple(response_formats)
         self._lock = threading.Lock()

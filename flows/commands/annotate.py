@@ -279,7 +279,7 @@ def exit_status(kind: str, annotated: int, quarantined: int, retryable: int) -> 
         )
     else:
         return 0
-    print(f"error: {reason}", file=sys.stderr)
+    print(f"cattune: error: {reason}", file=sys.stderr)
     return 1
 
 
