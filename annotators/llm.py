@@ -1,14 +1,18 @@
-"""LLMAnnotator: causal relations from any OpenAI-compatible chat endpoint (OpenAI, `vllm serve`).
+"""LLMAnnotator: causal relations from any OpenAI-compatible chat endpoint (OpenAI, `vllm serve`,
+llama.cpp's server).
 
 One few-shot request per distinct text (prompts: :mod:`cattune.annotators.llm_prompt`), asking
-for the wire format through ``response_format=json_schema``; replies are read leniently and
-checked strictly against the text (:mod:`cattune.annotators.llm_parse`). A reply with problems
-gets exactly one repair request quoting them; if that reply is still unusable the row is
-quarantined (``retryable=False``). Timeouts, 429/5xx and connection errors are retried with
-exponential backoff and jitter, honouring ``Retry-After``; when retries run out the row is
-quarantined with ``retryable=True`` so a later run retries only those rows. Validated replies are
-cached in SQLite (:mod:`cattune.annotators.llm_cache`), so re-running unchanged rows sends no
-request. The API key never leaves the HTTP client: not in logs, results, errors or reprs.
+for the wire format through ``response_format`` (json_schema, else the server's JSON mode with the
+schema, else the prompt only; negotiated once a run). Replies are read leniently and checked
+strictly against the text (:mod:`cattune.annotators.llm_parse`): the relations that can be placed
+are kept and the rest is recorded on the row; a repair request goes out only when nothing can be
+placed or more than ``max_dropped_share`` was left out, and a row is quarantined
+(``retryable=False``) only when nothing can be placed after it. Timeouts, 429/5xx and connection
+errors are retried with exponential backoff and jitter, honouring ``Retry-After``; when retries
+run out the row is quarantined with ``retryable=True`` so a later run retries only those rows.
+Every final reply is cached in SQLite (:mod:`cattune.annotators.llm_cache`), so re-running
+unchanged rows sends no request. The API key never leaves the HTTP client: not in logs, results,
+errors or reprs.
 """
 
 from __future__ import annotations
