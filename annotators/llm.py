@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import random
-import sys
 import time
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from pydantic import SecretStr
 from cattune.annotators.base import AnnotationResult
 from cattune.annotators.llm_cache import ReplyCache, cache_key
 from cattune.annotators.llm_parse import annotated, check_reply, final_result, quarantined
+from cattune.annotators.llm_progress import RunProgress
 from cattune.annotators.llm_prompt import (
     PROMPT_VERSION,
     Message,
@@ -406,9 +406,6 @@ class LLMAnnotator:
         cache: ReplyCache | None,
         stats: RunStats,
     ) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
         client = self._client()
         try:
             await self._check_endpoint(client)
@@ -422,20 +419,11 @@ class LLMAnnotator:
             "json_schema" if self.structured_output == "auto" else self.structured_output,
             stats,
         )
-        show = self.progress
-        if show is None:
-            show = len(pending) >= 50 and sys.stderr.isatty()
-        progress = Progress(
-            *Progress.get_default_columns()[:1],
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-            disable=not show,
+        progress = RunProgress(
+            sum(map(len, pending.values())),
+            requests=lambda: stats.requests,
+            enabled=self.progress,
         )
-
-        task_id = progress.add_task("LLM annotation", total=sum(map(len, pending.values())))
 
         async def one(key: str, indices: list[int]) -> None:
             """One request chain per distinct text; rows repeating that text share the result."""
@@ -445,10 +433,10 @@ class LLMAnnotator:
                 meta = examples[index].meta
                 same = meta == first.meta
                 results[index] = result if same else result.model_copy(update={"meta": meta})
-            progress.advance(task_id, len(indices))
+            progress.advance(len(indices))
 
         try:
-            with progress:
+            async with progress:
                 tasks = [asyncio.create_task(one(k, v)) for k, v in pending.items()]
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 failed = next((t for t in done if t.exception() is not None), None)

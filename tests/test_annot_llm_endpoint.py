@@ -162,3 +162,28 @@ def test_a_reply_item_without_causes_is_reported_as_such(tmp_path: Path) -> None
         "'causes' list"
     )
     assert len(repairs) == 1 and "has no 'causes' list" in repairs[0]["messages"][-1]["content"]
+
+
+def test_progress_lines_without_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cattune.annotators.llm_progress as llm_progress
+
+    monkeypatch.setattr(llm_progress, "PROGRESS_EVERY", 0.2)
+    slow = Reply.completion(GOOD, delay=0.3)
+    with ScriptedChatServer(lambda request, attempt: slow) as server:
+        results = annotator(server, tmp_path, concurrency=1).annotate(
+            [example(i) for i in range(4)]
+        )
+    assert all(isinstance(r, AnnotatedExample) for r in results)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 3 and all(line.startswith("LLM annotation: ") for line in lines)
+    assert lines[-1].startswith("LLM annotation: 4/4 rows (100%), 4 requests, ")
+    done = [int(line.split(": ")[1].split("/")[0]) for line in lines]
+    assert done == sorted(done) and done[0] < 4
+
+
+def test_a_short_run_prints_no_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with ScriptedChatServer(good) as server:
+        annotator(server, tmp_path).annotate([example(i) for i in range(3)])
+    assert capsys.readouterr().err == ""
