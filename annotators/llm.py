@@ -24,33 +24,27 @@ import logging
 import os
 import random
 import time
-from collections.abc import Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
 from cattune.annotators.base import AnnotationResult
+from cattune.annotators.llm_base import Decoding, PromptedAnnotator, RowFailed, run_sync
 from cattune.annotators.llm_cache import ReplyCache, cache_key
-from cattune.annotators.llm_parse import annotated, check_reply, final_result, quarantined
+from cattune.annotators.llm_parse import final_result
 from cattune.annotators.llm_progress import RunProgress
 from cattune.annotators.llm_prompt import (
     PROMPT_VERSION,
     Message,
-    build_messages,
-    build_repair_messages,
     json_object_response_format,
     json_schema_response_format,
-    prompt_hash,
-    prompted_config_hash,
 )
 from cattune.annotators.pack import PriorPack
 from cattune.schemas import (
     AnnotatedExample,
-    Annotation,
     ConfigError,
     EndpointError,
     Example,
@@ -62,7 +56,6 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 PLACEHOLDER_API_KEY = "EMPTY"  # what local servers such as `vllm serve` accept without --api-key
@@ -77,30 +70,6 @@ def default_cache_path() -> Path:
     return cattune_home() / "cache" / "llm.sqlite"
 
 
-def resolve_pack(pack: PriorPack | str | Path | None) -> PriorPack:
-    """A pack object, a shipped pack name or a pack file path."""
-    if pack is None:
-        raise ConfigError("the LLM annotators need a prior pack for their prompt: pass --pack")
-    if isinstance(pack, PriorPack):
-        return pack
-    from cattune.annotators.pack import load_pack
-
-    return load_pack(pack)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """Sampling settings; part of every cache key and of the config hash."""
-
-    temperature: float = 0.0
-    max_tokens: int | None = 2048
-    top_p: float | None = None
-    seed: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
 @dataclass
 class RunStats:
     """What the last ``annotate`` call did."""
@@ -110,14 +79,6 @@ class RunStats:
     requests: int = 0
     annotated: int = 0
     quarantined: int = 0
-
-
-class _RowFailed(Exception):
-    def __init__(self, reason: str, attempts: int, *, retryable: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.attempts = attempts
-        self.retryable = retryable
 
 
 @dataclass
@@ -165,16 +126,6 @@ def _retry_after_seconds(headers: Any) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-def _run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine from plain code, a thread, or code already inside an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 def _server_text(error: Any) -> str:
     """What the server said in an error response, on one line and shortened."""
     text = str(error.message)
@@ -201,7 +152,7 @@ def _reply_content(body: str) -> str:
     return content if isinstance(content, str) else json.dumps(content)
 
 
-class LLMAnnotator:
+class LLMAnnotator(PromptedAnnotator):
     """Annotates through an OpenAI-compatible chat-completions endpoint; see the module doc."""
 
     name = "llm"
@@ -239,21 +190,21 @@ class LLMAnnotator:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         if timeout <= 0:
             raise ConfigError(f"timeout must be positive (seconds), got {timeout}")
-        if not 0 <= max_dropped_share <= 1:
-            raise ConfigError(f"max_dropped_share must be between 0 and 1, got {max_dropped_share}")
         if structured_output not in STRUCTURED_OUTPUTS:
             raise ConfigError(
                 f"unknown structured output {structured_output!r}; use one of "
                 + ", ".join(STRUCTURED_OUTPUTS)
             )
-        if max_tokens is not None and max_tokens < 1:
-            raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
-        if temperature < 0:
-            raise ConfigError(f"temperature must be 0 or more, got {temperature}")
         if max_retries < 0:
             raise ConfigError(f"max_retries must be 0 or more, got {max_retries}")
-        self.pack = resolve_pack(pack)
-        self.model = model
+        super().__init__(
+            pack,
+            model=model,
+            decoding=Decoding(temperature, max_tokens, top_p, seed),
+            strategy=strategy,
+            boundary=boundary,
+            max_dropped_share=max_dropped_share,
+        )
         self.base_url = base_url
         self.api_key_env = api_key_env
         self._api_key = self._resolve_key(api_key, api_key_env, base_url)
@@ -263,17 +214,11 @@ class LLMAnnotator:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.max_retry_after = max_retry_after
-        self.decoding = Decoding(temperature, max_tokens, top_p, seed)
         self.structured_output = structured_output
         self.cache_path = None if cache is False else Path(cache or default_cache_path())
         self.refresh = refresh
-        self.max_dropped_share = max_dropped_share
-        self.strategy = strategy
-        self.boundary = boundary
         self.progress = progress
         self.last_run = RunStats()
-        self._pack_hash = self.pack.content_hash
-        self._prompt_hash = prompt_hash(self.pack)
 
     @staticmethod
     def _resolve_key(api_key: SecretStr | str | None, env: str, base_url: str | None) -> SecretStr:
@@ -297,9 +242,6 @@ class LLMAnnotator:
             f"pack={self.pack.name!r}, api_key_env={self.api_key_env!r})"
         )
 
-    def config_hash(self) -> str:
-        return prompted_config_hash(self)
-
     def cache_key(self, text: str) -> str:
         return cache_key(
             text,
@@ -313,7 +255,7 @@ class LLMAnnotator:
 
     def annotate(self, examples: Sequence[Example]) -> list[AnnotationResult]:
         """Annotate a batch; usable from plain code, threads and running event loops alike."""
-        return _run_sync(self.aannotate(list(examples)))
+        return run_sync(self.aannotate(list(examples)))
 
     def check_endpoint(self) -> None:
         """Fail before any row when the endpoint is unreachable, refuses the key, or lists models
@@ -326,7 +268,7 @@ class LLMAnnotator:
             finally:
                 await client.close()
 
-        _run_sync(check())
+        run_sync(check())
 
     def _client(self) -> AsyncOpenAI:
         from openai import AsyncOpenAI
@@ -371,7 +313,7 @@ class LLMAnnotator:
             for index, (example, key) in enumerate(zip(examples, keys, strict=True)):
                 hit = hits.get(key)
                 if hit is not None:
-                    checked = check_reply(hit.reply, example.text, self.strategy, self.boundary)
+                    checked = self._check(hit.reply, example.text)
                     annotation = self._annotation(hit.attempts, hit.created_at)
                     results[index] = final_result(example, checked, hit.reply, annotation)
                     stats.cached += 1
@@ -449,40 +391,13 @@ class LLMAnnotator:
             await client.close()
 
     async def _annotate_row(self, run: _Run, example: Example, key: str) -> AnnotationResult:
-        attempts = 0
-        text = example.text
-        messages = build_messages(self.pack, text)
-        try:
-            reply, used = await self._complete(run, messages)
-            attempts += used
-            checked = check_reply(reply, text, self.strategy, self.boundary)
-            if checked.needs_repair(self.max_dropped_share):
-                repair = build_repair_messages(messages, reply, checked.problems)
-                try:
-                    second, used = await self._complete(run, repair)
-                except _RowFailed as failure:
-                    if not checked.usable:
-                        raise failure from None
-                    # The valid part of the first reply stands; not cached, so a later run
-                    # may still ask for the repair.
-                    attempts += failure.attempts
-                    return annotated(example, checked, self._annotation(attempts))
-                attempts += used
-                repaired = check_reply(second, text, self.strategy, self.boundary)
-                if repaired.better_than(checked) or not checked.usable:
-                    reply, checked = second, repaired
-        except _RowFailed as failure:
-            return quarantined(
-                example,
-                self._annotation(attempts + failure.attempts),
-                self._scrub(failure.reason),
-                raw_output=None,
-                retryable=failure.retryable,
-            )
-        reply = self._scrub(reply)
-        if run.cache is not None:
-            run.cache.put(key, reply, attempts)
-        return final_result(example, checked, reply, self._annotation(attempts))
+        async def ask(messages: list[Message]) -> tuple[str, int]:
+            return await self._complete(run, messages)
+
+        result, final_reply = await self._label(example, ask)
+        if final_reply is not None and run.cache is not None:
+            run.cache.put(key, final_reply, result.annotation.attempts)
+        return result
 
     async def _complete(self, run: _Run, messages: list[Message]) -> tuple[str, int]:
         """One chat completion with retries; returns (reply text, requests sent)."""
@@ -518,7 +433,7 @@ class LLMAnnotator:
                     wait = _retry_after_seconds(error.response.headers)
                     if wait is not None:
                         if wait > self.max_retry_after:
-                            raise _RowFailed(
+                            raise RowFailed(
                                 f"rate limited: the endpoint asked to wait {wait:.0f} s, more "
                                 f"than max_retry_after={self.max_retry_after:.0f} s",
                                 sent,
@@ -546,7 +461,7 @@ class LLMAnnotator:
             await asyncio.sleep(delay)
         if connect_failures == sent and not run.any_response:
             raise self._unreachable()
-        raise _RowFailed(f"{reason}; gave up after {sent} attempts", sent, retryable=True)
+        raise RowFailed(f"{reason}; gave up after {sent} attempts", sent, retryable=True)
 
     def _refuse_format(self, run: _Run, mode: StructuredOutput, text: str) -> None:
         """The server rejected ``response_format``: step down (auto) or stop the run (explicit)."""
@@ -578,7 +493,7 @@ class LLMAnnotator:
                 "check --model against the server's model list and that --base-url ends in /v1"
             ) from None
         if status < 500 and status not in _RETRYABLE_STATUS:
-            raise _RowFailed(
+            raise RowFailed(
                 f"the endpoint rejected the request (HTTP {status}): {text}", sent, retryable=False
             ) from None
 
@@ -622,17 +537,3 @@ class LLMAnnotator:
         if key and key != PLACEHOLDER_API_KEY:
             text = text.replace(key, "***")
         return text
-
-    def _annotation(self, attempts: int, created_at: datetime | None = None) -> Annotation:
-        extra = {} if created_at is None else {"created_at": created_at}
-        return Annotation(
-            annotator=self.name,
-            annotator_version=self.version,
-            model=self.model,
-            pack=self.pack.name,
-            pack_hash=self._pack_hash,
-            prompt_hash=self._prompt_hash,
-            config_hash=self.config_hash(),
-            attempts=attempts,
-            **extra,
-        )
