@@ -7,9 +7,11 @@ schema, else the prompt only; negotiated once a run). Replies are read leniently
 strictly against the text (:mod:`cattune.annotators.llm_parse`): the relations that can be placed
 are kept and the rest is recorded on the row; a repair request goes out only when nothing can be
 placed or more than ``max_dropped_share`` was left out, and a row is quarantined
-(``retryable=False``) only when nothing can be placed after it. Timeouts, 429/5xx and connection
-errors are retried with exponential backoff and jitter, honouring ``Retry-After``; when retries
-run out the row is quarantined with ``retryable=True`` so a later run retries only those rows.
+(``retryable=False``) only when nothing can be placed after it. Timeouts, 408/409/429/5xx and
+connection errors are retried by the openai SDK (``max_retries``, its backoff, ``Retry-After`` up
+to 120 s); this module adds what the SDK lacks: a run-wide pause after a 429, request counting,
+and sorting failures into final and retryable. When retries run out the row is quarantined with
+``retryable=True`` so a later run retries only those rows.
 Every final reply is cached in SQLite (:mod:`cattune.annotators.llm_cache`), so re-running
 unchanged rows sends no request. The API key never leaves the HTTP client: not in logs, results,
 errors or reprs.
@@ -22,9 +24,9 @@ import email.utils
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -64,6 +66,8 @@ StructuredOutput = Literal["auto", "json_schema", "json_object", "off"]
 STRUCTURED_OUTPUTS: tuple[StructuredOutput, ...] = ("auto", "json_schema", "json_object", "off")
 _FALLBACK: dict[str, StructuredOutput] = {"json_schema": "json_object", "json_object": "off"}
 _SERVER_TEXT = 300  # characters of a server's error text kept in a reason
+SDK_MAX_RETRY_AFTER = 120.0  # the openai SDK retries a 429 only when Retry-After is at most this
+_ROW_REQUESTS: ContextVar[list[int]] = ContextVar("cattune_row_requests")
 
 
 def default_cache_path() -> Path:
@@ -82,13 +86,46 @@ class RunStats:
 
 
 @dataclass
+class _Traffic:
+    """HTTP hooks for one run: what the SDK does not do for us.
+
+    Counts every chat request (the run's and, through :data:`_ROW_REQUESTS`, the row's, SDK
+    retries included), holds every request of the run while a 429's ``Retry-After`` lasts
+    (the SDK only delays the retry of the request that got it), and tells the SDK not to retry
+    an error that names ``response_format`` (llama.cpp answers HTTP 500 to a json_schema it does
+    not take: a retry would get the same answer).
+    """
+
+    stats: RunStats
+    pause_until: float = 0.0
+
+    async def before(self, request: Any) -> None:
+        while (wait := self.pause_until - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        if request.url.path.endswith("/chat/completions"):
+            self.stats.requests += 1
+            counter = _ROW_REQUESTS.get(None)
+            if counter is not None:
+                counter[0] += 1
+
+    async def after(self, response: Any) -> None:
+        if response.status_code < 400:
+            return
+        wait = _retry_after_seconds(response.headers)
+        if response.status_code == 429 and wait is not None and wait <= SDK_MAX_RETRY_AFTER:
+            self.pause_until = max(self.pause_until, time.monotonic() + wait)
+        await response.aread()
+        if _names_response_format(response.text):
+            response.headers["x-should-retry"] = "false"
+
+
+@dataclass
 class _Run:
     client: AsyncOpenAI
     cache: ReplyCache | None
     semaphore: asyncio.Semaphore
     mode: StructuredOutput  # what requests ask for now; "auto" negotiates down from json_schema
     stats: RunStats
-    pause_until: float = 0.0
     any_response: bool = field(default=False)
 
 
@@ -124,6 +161,11 @@ def _retry_after_seconds(headers: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+def _names_response_format(text: str) -> bool:
+    """Whether a server's error is about the ``response_format`` field."""
+    return "response_format" in text
 
 
 def _server_text(error: Any) -> str:
@@ -169,9 +211,6 @@ class LLMAnnotator(PromptedAnnotator):
         concurrency: int = 16,
         timeout: float = 60.0,
         max_retries: int = 4,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        max_retry_after: float = 120.0,
         temperature: float = 0.0,
         max_tokens: int | None = 2048,
         top_p: float | None = None,
@@ -211,9 +250,6 @@ class LLMAnnotator(PromptedAnnotator):
         self.concurrency = concurrency
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
         self.structured_output = structured_output
         self.cache_path = None if cache is False else Path(cache or default_cache_path())
         self.refresh = refresh
@@ -270,23 +306,28 @@ class LLMAnnotator(PromptedAnnotator):
 
         run_sync(check())
 
-    def _client(self) -> AsyncOpenAI:
-        from openai import AsyncOpenAI
+    def _client(self, traffic: _Traffic | None = None) -> AsyncOpenAI:
+        """The SDK client with its own retries, and the run's hooks (see :class:`_Traffic`)."""
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
+        hooks = (
+            {} if traffic is None else {"request": [traffic.before], "response": [traffic.after]}
+        )
         return AsyncOpenAI(
             base_url=self.base_url,
             api_key=self._api_key.get_secret_value(),
-            max_retries=0,
+            max_retries=self.max_retries,
             timeout=self.timeout,
+            http_client=DefaultAsyncHttpxClient(event_hooks=hooks),
         )
 
     async def _check_endpoint(self, client: AsyncOpenAI) -> None:
         import openai
 
         try:
-            page = await client.models.list()
+            page = await client.with_options(max_retries=0).models.list()
         except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-            self._raise_final(error, _server_text(error), 0)
+            self._raise_final(error, self._scrub(_server_text(error)), 0)
             raise
         except openai.APIConnectionError as error:
             if _is_connect_failure(error):
@@ -348,7 +389,7 @@ class LLMAnnotator(PromptedAnnotator):
         cache: ReplyCache | None,
         stats: RunStats,
     ) -> None:
-        client = self._client()
+        client = self._client(_Traffic(stats))
         try:
             await self._check_endpoint(client)
         except BaseException:
@@ -400,18 +441,20 @@ class LLMAnnotator(PromptedAnnotator):
         return result
 
     async def _complete(self, run: _Run, messages: list[Message]) -> tuple[str, int]:
-        """One chat completion with retries; returns (reply text, requests sent)."""
+        """One chat completion; returns (reply text, requests sent).
+
+        The SDK retries timeouts, connection errors, 408/409/429 and 5xx (``max_retries``, with
+        its backoff and ``Retry-After`` up to 120 s); the hooks of :meth:`_client` count the
+        requests and hold the run during a 429's pause. Only a 200 whose body is not a chat
+        completion, which the SDK does not retry, is retried here.
+        """
         import openai
 
+        sent = [0]
+        _ROW_REQUESTS.set(sent)  # each row runs in its own task, so this counter is the row's
         reason = ""
-        connect_failures = 0
-        sent = 0
-        while True:
-            delay = self._backoff_delay(sent)
-            await self._wait_for_pause(run)
+        for _ in range(self.max_retries + 1):
             async with run.semaphore:
-                sent += 1
-                run.stats.requests += 1
                 mode = run.mode
                 try:
                     body = await run.client.post(
@@ -423,45 +466,48 @@ class LLMAnnotator(PromptedAnnotator):
                     content = _reply_content(body)
                 except openai.APIStatusError as error:
                     run.any_response = True
-                    status = error.status_code
-                    text = _server_text(error)
-                    if mode != "off" and "response_format" in text:
+                    text = self._scrub(_server_text(error))
+                    if mode != "off" and _names_response_format(text):
                         self._refuse_format(run, mode, text)
                         continue
-                    self._raise_final(error, text, sent)
-                    reason = f"HTTP {status} from the endpoint: {text}"
-                    wait = _retry_after_seconds(error.response.headers)
-                    if wait is not None:
-                        if wait > self.max_retry_after:
-                            raise RowFailed(
-                                f"rate limited: the endpoint asked to wait {wait:.0f} s, more "
-                                f"than max_retry_after={self.max_retry_after:.0f} s",
-                                sent,
-                                retryable=True,
-                            ) from None
-                        delay = wait
-                        run.pause_until = max(run.pause_until, time.monotonic() + wait)
+                    self._raise_final(error, text, sent[0])
+                    raise RowFailed(
+                        self._retryable_reason(error, text, sent[0]), sent[0], retryable=True
+                    ) from None
                 except openai.APITimeoutError:
-                    reason = f"no reply within the {self.timeout:g} s timeout"
+                    raise RowFailed(
+                        f"no reply within the {self.timeout:g} s timeout; gave up after "
+                        f"{sent[0]} attempts",
+                        sent[0],
+                        retryable=True,
+                    ) from None
                 except openai.APIConnectionError as error:
+                    if _is_connect_failure(error) and not run.any_response:
+                        raise self._unreachable() from None
                     cause = type(error.__cause__).__name__ if error.__cause__ else "unknown"
-                    if _is_connect_failure(error):
-                        connect_failures += 1
-                        reason = f"cannot connect to the endpoint ({cause})"
-                    else:
-                        reason = f"connection lost ({cause})"
-                except (ValueError, openai.APIResponseValidationError) as error:
+                    what = "cannot connect" if _is_connect_failure(error) else "connection lost"
+                    raise RowFailed(
+                        f"{what} ({cause}); gave up after {sent[0]} attempts",
+                        sent[0],
+                        retryable=True,
+                    ) from None
+                except ValueError as error:
                     run.any_response = True
                     reason = f"malformed response body ({error})"
                 else:
                     run.any_response = True
-                    return content, sent
-            if sent > self.max_retries:
-                break
-            await asyncio.sleep(delay)
-        if connect_failures == sent and not run.any_response:
-            raise self._unreachable()
-        raise RowFailed(f"{reason}; gave up after {sent} attempts", sent, retryable=True)
+                    return content, sent[0]
+        raise RowFailed(f"{reason}; gave up after {sent[0]} attempts", sent[0], retryable=True)
+
+    @staticmethod
+    def _retryable_reason(error: Any, text: str, sent: int) -> str:
+        wait = _retry_after_seconds(error.response.headers)
+        if error.status_code == 429 and wait is not None and wait > SDK_MAX_RETRY_AFTER:
+            return (
+                f"rate limited: the endpoint asked to wait {wait:.0f} s, more than the "
+                f"{SDK_MAX_RETRY_AFTER:.0f} s a run waits"
+            )
+        return f"HTTP {error.status_code} from the endpoint: {text}; gave up after {sent} attempts"
 
     def _refuse_format(self, run: _Run, mode: StructuredOutput, text: str) -> None:
         """The server rejected ``response_format``: step down (auto) or stop the run (explicit)."""
@@ -512,16 +558,6 @@ class LLMAnnotator(PromptedAnnotator):
         elif mode == "json_object":
             body["response_format"] = json_object_response_format()
         return body
-
-    async def _wait_for_pause(self, run: _Run) -> None:
-        """A 429 with Retry-After holds back every request of the run, not only its own retry."""
-        while (wait := run.pause_until - time.monotonic()) > 0:
-            await asyncio.sleep(wait)
-
-    def _backoff_delay(self, failures: int) -> float:
-        """Exponential backoff with jitter: half fixed, half random."""
-        ceiling = min(self.max_backoff, self.backoff * 2**failures)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def _unreachable(self) -> EndpointError:
         return EndpointError(

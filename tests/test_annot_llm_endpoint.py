@@ -187,3 +187,27 @@ def test_a_short_run_prints_no_progress(tmp_path: Path, capsys: pytest.CaptureFi
     with ScriptedChatServer(good) as server:
         annotator(server, tmp_path).annotate([example(i) for i in range(3)])
     assert capsys.readouterr().err == ""
+
+
+def test_a_429_holds_every_request_of_the_run_until_its_retry_after(tmp_path: Path) -> None:
+    """The SDK delays only the retry of the request that got the 429; the run holds them all."""
+
+    def respond(request: dict[str, Any], attempt: int) -> Reply:
+        if "Row 0." in str(request):
+            return Reply.error(429, retry_after=1.5) if attempt == 0 else Reply.completion(GOOD)
+        if attempt == 0:
+            return Reply.error(500, delay=0.2)  # retried by the SDK ~0.5 s later: inside the pause
+        return Reply.completion(GOOD)
+
+    with ScriptedChatServer(respond) as server:
+        llm = annotator(server, tmp_path, concurrency=4)
+        results = llm.annotate([example(i) for i in range(4)])
+        requests = server.requests
+    assert all(isinstance(r, AnnotatedExample) for r in results)
+    assert [r.annotation.attempts for r in results] == [2, 2, 2, 2]
+    assert llm.last_run.requests == len(requests) == 8
+    limited = next(
+        r.received_at for r in requests if r.attempt_index == 0 and "Row 0." in str(r.body)
+    )
+    retries = [r.received_at for r in requests if r.attempt_index == 1]
+    assert len(retries) == 4 and min(retries) >= limited + 1.5
