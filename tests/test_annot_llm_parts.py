@@ -341,3 +341,19 @@ def test_the_valid_part_of_any_reply_is_kept_exactly(
     assert checked.links == sum(max(len(set(causes)), 1) for _, causes in reply_pairs)
     assert checked.links - checked.dropped == placed
     assert checked.ok == (not checked.problems)
+
+
+def test_reason_kind_counts_reasons_without_their_details() -> None:
+    from cattune.annotators.base import reason_kind
+
+    assert reason_kind("HTTP 503 from the endpoint: Loading model; gave up after 3 attempts") == (
+        "HTTP 503 from the endpoint"
+    )
+    assert reason_kind("no reply within the 60 s timeout; gave up after 5 attempts") == (
+        "no reply within the 60 s timeout"
+    )
+    assert reason_kind("reply unusable after one repair request: effect 'x' does not occur") == (
+        "reply unusable after one repair request"
+    )
+    assert reason_kind("malformed source row: not JSON (row 3)") == "malformed source row"
+    assert reason_kind("x" * 300) == "x" * 100

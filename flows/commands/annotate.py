@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cattune.annotators.base import reason_kind
 from cattune.schemas import ConfigError
 
 if TYPE_CHECKING:
@@ -288,7 +289,7 @@ def _count(counts: Counts, batch: Batch, annotator: Any) -> None:
     counts.quarantined += len(batch.quarantined)
     counts.malformed += batch.malformed
     counts.retryable += sum(row.retryable for row in batch.quarantined)
-    counts.reasons.update(row.error.split(":")[0][:80] for row in batch.quarantined)
+    counts.reasons.update(reason_kind(row.error) for row in batch.quarantined)
     stats = getattr(annotator, "last_run", None)  # the LLM annotator's request statistics
     if stats is not None:
         counts.requests += stats.requests
@@ -390,8 +391,11 @@ def run_dataset_mode(args: argparse.Namespace) -> int:
     print(f"skipped     {summary.rows_skipped} (already annotated with this configuration)")
     print(f"annotated   {summary.rows_annotated} in {summary.shards} shards")
     print(f"quarantined {summary.rows_quarantined}")
-    for reason, n in list(summary.quarantine_reasons.items())[:3]:
-        print(f"  {n} x {reason[:100]}")
+    kinds: Counter[str] = Counter()
+    for reason, n in summary.quarantine_reasons.items():
+        kinds[reason_kind(reason)] += n
+    for reason, n in kinds.most_common(3):
+        print(f"  {n} x {reason}")
     retryable = 0
     if summary.rows_quarantined and args.annotator in ("llm", "vllm"):
         from cattune.pipeline.store import DatasetStore
