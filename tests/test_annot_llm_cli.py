@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_annot_llm import GOOD
+from test_annot_llm import GOOD, is_repair
 from test_annotate_cli import outputs, pack_file, stg_line
 
 from cattune.annotators.scripted_server import LLAMA_CPP_FORMATS, Reply, ScriptedChatServer
@@ -50,18 +50,18 @@ def argv(tmp_path: Path, base_url: str, *extra: str, model: str = "smollm2") -> 
 def test_options_for_a_llama_cpp_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out.parquet"
     options = ["--max-tokens", "256", "--temperature", "0.2", "--concurrency", "1"]
+    options += ["--max-dropped-share", "0"]
     with ScriptedChatServer(good, response_formats=LLAMA_CPP_FORMATS) as server:
         code = main([*argv(tmp_path, server.base_url, *options), "--out", str(out)])
         bodies = [r.body or {} for r in server.requests]
     assert code == 0, capsys.readouterr().err
     good_rows, bad_rows = outputs(out)
     assert len(good_rows) == 3 and bad_rows == []
-    assert [b.get("response_format", {}).get("type") for b in bodies] == [
-        "json_schema",
-        "json_object",
-        "json_object",
-        "json_object",
-    ]
+    formats = [b.get("response_format", {}).get("type") for b in bodies]
+    assert formats == ["json_schema"] + ["json_object"] * 5
+    # GOOD names "Weight: 4": rows 2 and 3 lose one pair of two, more than a share of 0 allows
+    assert sum(is_repair(b) for b in bodies) == 2
+    assert [len(r.problems) for r in good_rows] == [0, 1, 1]
     assert {(b["max_tokens"], b["temperature"]) for b in bodies} == {(256, 0.2)}
 
 

@@ -38,7 +38,7 @@ LLM_FLAGS = (
     "no_cache",
     "refresh",
 )
-DECODING_FLAGS = ("max_tokens", "temperature")  # llm and vllm
+DECODING_FLAGS = ("max_tokens", "temperature", "max_dropped_share")  # llm and vllm
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,6 +88,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     llm.add_argument("--max-tokens", type=int, help="reply length limit in tokens (default: 2048)")
     llm.add_argument("--temperature", type=float, help="sampling temperature (default: 0)")
+    llm.add_argument(
+        "--max-dropped-share",
+        type=float,
+        help="ask for a repair when more than this share of a reply's effect-cause pairs cannot "
+        "be placed in the text (default: 0.5; the valid part is kept either way)",
+    )
     llm.add_argument("--cache", help="reply cache file (default: $CATTUNE_HOME/cache/llm.sqlite)")
     llm.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     llm.add_argument(
