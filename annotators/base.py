@@ -51,6 +51,17 @@ class Annotator(Protocol):
     def annotate(self, examples: Sequence[Example]) -> list[AnnotationResult]: ...
 
 
+def reason_kind(error: str) -> str:
+    """What a quarantine reason says before its details, for counting reasons in summaries.
+
+    ``"HTTP 503 from the endpoint: Loading model; gave up after 3 attempts"`` and ``"no reply
+    within the 60 s timeout; gave up after 5 attempts"`` count as ``"HTTP 503 from the
+    endpoint"`` and ``"no reply within the 60 s timeout"``.
+    """
+    cut = min((i for i in (error.find(": "), error.find("; ")) if i >= 0), default=len(error))
+    return error[:cut].strip()[:100]
+
+
 def stable_hash(payload: Any) -> str:
     """A short sha256 of a JSON-serialisable payload (keys sorted)."""
     encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()

@@ -1,14 +1,20 @@
-"""LLMAnnotator: causal relations from any OpenAI-compatible chat endpoint (OpenAI, `vllm serve`).
+"""LLMAnnotator: causal relations from any OpenAI-compatible chat endpoint (OpenAI, `vllm serve`,
+llama.cpp's server).
 
 One few-shot request per distinct text (prompts: :mod:`cattune.annotators.llm_prompt`), asking
-for the wire format through ``response_format=json_schema``; replies are read leniently and
-checked strictly against the text (:mod:`cattune.annotators.llm_parse`). A reply with problems
-gets exactly one repair request quoting them; if that reply is still unusable the row is
-quarantined (``retryable=False``). Timeouts, 429/5xx and connection errors are retried with
-exponential backoff and jitter, honouring ``Retry-After``; when retries run out the row is
-quarantined with ``retryable=True`` so a later run retries only those rows. Validated replies are
-cached in SQLite (:mod:`cattune.annotators.llm_cache`), so re-running unchanged rows sends no
-request. The API key never leaves the HTTP client: not in logs, results, errors or reprs.
+for the wire format through ``response_format`` (json_schema, else the server's JSON mode with the
+schema, else the prompt only; negotiated once a run). Replies are read leniently and checked
+strictly against the text (:mod:`cattune.annotators.llm_parse`): the relations that can be placed
+are kept and the rest is recorded on the row; a repair request goes out only when nothing can be
+placed or more than ``max_dropped_share`` was left out, and a row is quarantined
+(``retryable=False``) only when nothing can be placed after it. Timeouts, 408/409/429/5xx and
+connection errors are retried by the openai SDK (``max_retries``, its backoff, ``Retry-After`` up
+to 120 s); this module adds what the SDK lacks: a run-wide pause after a 429, request counting,
+and sorting failures into final and retryable. When retries run out the row is quarantined with
+``retryable=True`` so a later run retries only those rows.
+Every final reply is cached in SQLite (:mod:`cattune.annotators.llm_cache`), so re-running
+unchanged rows sends no request. The API key never leaves the HTTP client: not in logs, results,
+errors or reprs.
 """
 
 from __future__ import annotations
@@ -18,34 +24,29 @@ import email.utils
 import json
 import logging
 import os
-import random
-import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
 from cattune.annotators.base import AnnotationResult
+from cattune.annotators.llm_base import Decoding, PromptedAnnotator, RowFailed, run_sync
 from cattune.annotators.llm_cache import ReplyCache, cache_key
-from cattune.annotators.llm_parse import annotated, check_reply, quarantined
+from cattune.annotators.llm_parse import final_result
+from cattune.annotators.llm_progress import RunProgress
 from cattune.annotators.llm_prompt import (
     PROMPT_VERSION,
     Message,
-    build_messages,
-    build_repair_messages,
+    json_object_response_format,
     json_schema_response_format,
-    prompt_hash,
-    prompted_config_hash,
 )
 from cattune.annotators.pack import PriorPack
 from cattune.schemas import (
     AnnotatedExample,
-    Annotation,
     ConfigError,
     EndpointError,
     Example,
@@ -61,34 +62,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 PLACEHOLDER_API_KEY = "EMPTY"  # what local servers such as `vllm serve` accept without --api-key
 _RETRYABLE_STATUS = {408, 409, 425, 429}
+StructuredOutput = Literal["auto", "json_schema", "json_object", "off"]
+STRUCTURED_OUTPUTS: tuple[StructuredOutput, ...] = ("auto", "json_schema", "json_object", "off")
+_FALLBACK: dict[str, StructuredOutput] = {"json_schema": "json_object", "json_object": "off"}
+_SERVER_TEXT = 300  # characters of a server's error text kept in a reason
+SDK_MAX_RETRY_AFTER = 120.0  # the openai SDK retries a 429 only when Retry-After is at most this
+_ROW_REQUESTS: ContextVar[list[int]] = ContextVar("cattune_row_requests")
 
 
 def default_cache_path() -> Path:
     return cattune_home() / "cache" / "llm.sqlite"
-
-
-def resolve_pack(pack: PriorPack | str | Path | None) -> PriorPack:
-    """A pack object, a shipped pack name or a pack file path."""
-    if pack is None:
-        raise ConfigError("the LLM annotators need a prior pack for their prompt: pass --pack")
-    if isinstance(pack, PriorPack):
-        return pack
-    from cattune.annotators.pack import load_pack
-
-    return load_pack(pack)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """Sampling settings; part of every cache key and of the config hash."""
-
-    temperature: float = 0.0
-    max_tokens: int | None = 2048
-    top_p: float | None = None
-    seed: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass
@@ -102,12 +85,38 @@ class RunStats:
     quarantined: int = 0
 
 
-class _RowFailed(Exception):
-    def __init__(self, reason: str, attempts: int, *, retryable: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.attempts = attempts
-        self.retryable = retryable
+@dataclass
+class _Traffic:
+    """HTTP hooks for one run: what the SDK does not do for us.
+
+    Counts every chat request (the run's and, through :data:`_ROW_REQUESTS`, the row's, SDK
+    retries included), holds every request of the run while a 429's ``Retry-After`` lasts
+    (the SDK only delays the retry of the request that got it), and tells the SDK not to retry
+    an error that names ``response_format`` (llama.cpp answers HTTP 500 to a json_schema it does
+    not take: a retry would get the same answer).
+    """
+
+    stats: RunStats
+    pause_until: float = 0.0
+
+    async def before(self, request: Any) -> None:
+        while (wait := self.pause_until - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        if request.url.path.endswith("/chat/completions"):
+            self.stats.requests += 1
+            counter = _ROW_REQUESTS.get(None)
+            if counter is not None:
+                counter[0] += 1
+
+    async def after(self, response: Any) -> None:
+        if response.status_code < 400:
+            return
+        wait = _retry_after_seconds(response.headers)
+        if response.status_code == 429 and wait is not None and wait <= SDK_MAX_RETRY_AFTER:
+            self.pause_until = max(self.pause_until, time.monotonic() + wait)
+        await response.aread()
+        if _names_response_format(response.text):
+            response.headers["x-should-retry"] = "false"
 
 
 @dataclass
@@ -115,9 +124,8 @@ class _Run:
     client: AsyncOpenAI
     cache: ReplyCache | None
     semaphore: asyncio.Semaphore
-    structured: bool
+    mode: StructuredOutput  # what requests ask for now; "auto" negotiates down from json_schema
     stats: RunStats
-    pause_until: float = 0.0
     any_response: bool = field(default=False)
 
 
@@ -155,6 +163,21 @@ def _retry_after_seconds(headers: Any) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
+def _names_response_format(text: str) -> bool:
+    """Whether a server's error is about the ``response_format`` field."""
+    return "response_format" in text
+
+
+def _server_text(error: Any) -> str:
+    """What the server said in an error response, on one line and shortened."""
+    text = str(error.message)
+    text = text.removeprefix(f"Error code: {error.status_code}").removeprefix(" - ").strip()
+    if not text and isinstance(error.body, str):
+        text = error.body.strip()
+    text = " ".join(text.split()) or "no explanation given"
+    return text if len(text) <= _SERVER_TEXT else text[: _SERVER_TEXT - 3] + "..."
+
+
 def _reply_content(body: str) -> str:
     """The first choice's message text from a chat-completions response body.
 
@@ -171,7 +194,7 @@ def _reply_content(body: str) -> str:
     return content if isinstance(content, str) else json.dumps(content)
 
 
-class LLMAnnotator:
+class LLMAnnotator(PromptedAnnotator):
     """Annotates through an OpenAI-compatible chat-completions endpoint; see the module doc."""
 
     name = "llm"
@@ -188,15 +211,14 @@ class LLMAnnotator:
         concurrency: int = 16,
         timeout: float = 60.0,
         max_retries: int = 4,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        max_retry_after: float = 120.0,
         temperature: float = 0.0,
         max_tokens: int | None = 2048,
         top_p: float | None = None,
         seed: int | None = None,
-        structured_output: bool = True,
+        structured_output: StructuredOutput = "auto",
         cache: str | Path | Literal[False] | None = None,
+        refresh: bool = False,
+        max_dropped_share: float = 0.5,
         strategy: Strategy = "all",
         boundary: Boundary = "word",
         progress: bool | None = None,
@@ -207,28 +229,32 @@ class LLMAnnotator:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         if timeout <= 0:
             raise ConfigError(f"timeout must be positive (seconds), got {timeout}")
+        if structured_output not in STRUCTURED_OUTPUTS:
+            raise ConfigError(
+                f"unknown structured output {structured_output!r}; use one of "
+                + ", ".join(STRUCTURED_OUTPUTS)
+            )
         if max_retries < 0:
             raise ConfigError(f"max_retries must be 0 or more, got {max_retries}")
-        self.pack = resolve_pack(pack)
-        self.model = model
+        super().__init__(
+            pack,
+            model=model,
+            decoding=Decoding(temperature, max_tokens, top_p, seed),
+            strategy=strategy,
+            boundary=boundary,
+            max_dropped_share=max_dropped_share,
+        )
         self.base_url = base_url
         self.api_key_env = api_key_env
         self._api_key = self._resolve_key(api_key, api_key_env, base_url)
         self.concurrency = concurrency
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
-        self.decoding = Decoding(temperature, max_tokens, top_p, seed)
         self.structured_output = structured_output
         self.cache_path = None if cache is False else Path(cache or default_cache_path())
-        self.strategy = strategy
-        self.boundary = boundary
+        self.refresh = refresh
         self.progress = progress
         self.last_run = RunStats()
-        self._pack_hash = self.pack.content_hash
-        self._prompt_hash = prompt_hash(self.pack)
 
     @staticmethod
     def _resolve_key(api_key: SecretStr | str | None, env: str, base_url: str | None) -> SecretStr:
@@ -252,9 +278,6 @@ class LLMAnnotator:
             f"pack={self.pack.name!r}, api_key_env={self.api_key_env!r})"
         )
 
-    def config_hash(self) -> str:
-        return prompted_config_hash(self)
-
     def cache_key(self, text: str) -> str:
         return cache_key(
             text,
@@ -268,13 +291,56 @@ class LLMAnnotator:
 
     def annotate(self, examples: Sequence[Example]) -> list[AnnotationResult]:
         """Annotate a batch; usable from plain code, threads and running event loops alike."""
-        batch = list(examples)
+        return run_sync(self.aannotate(list(examples)))
+
+    def check_endpoint(self) -> None:
+        """Fail before any row when the endpoint is unreachable, refuses the key, or lists models
+        without this one. Servers that list nothing (or have no model list) pass."""
+
+        async def check() -> None:
+            client = self._client()
+            try:
+                await self._check_endpoint(client)
+            finally:
+                await client.close()
+
+        run_sync(check())
+
+    def _client(self, traffic: _Traffic | None = None) -> AsyncOpenAI:
+        """The SDK client with its own retries, and the run's hooks (see :class:`_Traffic`)."""
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+
+        hooks = (
+            {} if traffic is None else {"request": [traffic.before], "response": [traffic.after]}
+        )
+        return AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key.get_secret_value(),
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            http_client=DefaultAsyncHttpxClient(event_hooks=hooks),
+        )
+
+    async def _check_endpoint(self, client: AsyncOpenAI) -> None:
+        import openai
+
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.aannotate(batch))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.aannotate(batch)).result()
+            page = await client.with_options(max_retries=0).models.list()
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+            self._raise_final(error, self._scrub(_server_text(error)), 0)
+            raise
+        except openai.APIConnectionError as error:
+            if _is_connect_failure(error):
+                raise self._unreachable() from None
+            return
+        except openai.APIError:
+            return  # no model list here (404, 5xx, another shape): the chat requests will tell
+        listed = [str(model.id) for model in page.data]
+        if listed and self.model not in listed:
+            raise EndpointError(
+                f"the endpoint {self._where()} does not serve model {self.model!r}; it lists "
+                f"{', '.join(map(repr, listed[:10]))}: fix --model"
+            )
 
     async def aannotate(self, examples: Sequence[Example]) -> list[AnnotationResult]:
         stats = RunStats(rows=len(examples))
@@ -283,18 +349,14 @@ class LLMAnnotator:
         keys = [self.cache_key(example.text) for example in examples]
         cache = ReplyCache(self.cache_path) if self.cache_path is not None else None
         try:
-            hits = cache.get_many(keys) if cache is not None else {}
+            hits = cache.get_many(keys) if cache is not None and not self.refresh else {}
             pending: dict[str, list[int]] = {}
             for index, (example, key) in enumerate(zip(examples, keys, strict=True)):
                 hit = hits.get(key)
-                checked = (
-                    check_reply(hit.reply, example.text, self.strategy, self.boundary)
-                    if hit
-                    else None
-                )
-                if hit is not None and checked is not None and checked.ok:
+                if hit is not None:
+                    checked = self._check(hit.reply, example.text)
                     annotation = self._annotation(hit.attempts, hit.created_at)
-                    results[index] = annotated(example, checked, annotation)
+                    results[index] = final_result(example, checked, hit.reply, annotation)
                     stats.cached += 1
                 else:
                     pending.setdefault(key, []).append(index)
@@ -327,33 +389,24 @@ class LLMAnnotator:
         cache: ReplyCache | None,
         stats: RunStats,
     ) -> None:
-        from openai import AsyncOpenAI
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        client = AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=self._api_key.get_secret_value(),
-            max_retries=0,
-            timeout=self.timeout,
-        )
+        client = self._client(_Traffic(stats))
+        try:
+            await self._check_endpoint(client)
+        except BaseException:
+            await client.close()
+            raise
         run = _Run(
-            client, cache, asyncio.Semaphore(self.concurrency), self.structured_output, stats
+            client,
+            cache,
+            asyncio.Semaphore(self.concurrency),
+            "json_schema" if self.structured_output == "auto" else self.structured_output,
+            stats,
         )
-        show = self.progress
-        if show is None:
-            show = len(pending) >= 50 and sys.stderr.isatty()
-        progress = Progress(
-            *Progress.get_default_columns()[:1],
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-            disable=not show,
+        progress = RunProgress(
+            sum(map(len, pending.values())),
+            requests=lambda: stats.requests,
+            enabled=self.progress,
         )
-
-        task_id = progress.add_task("LLM annotation", total=sum(map(len, pending.values())))
 
         async def one(key: str, indices: list[int]) -> None:
             """One request chain per distinct text; rows repeating that text share the result."""
@@ -363,10 +416,10 @@ class LLMAnnotator:
                 meta = examples[index].meta
                 same = meta == first.meta
                 results[index] = result if same else result.model_copy(update={"meta": meta})
-            progress.advance(task_id, len(indices))
+            progress.advance(len(indices))
 
         try:
-            with progress:
+            async with progress:
                 tasks = [asyncio.create_task(one(k, v)) for k, v in pending.items()]
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 failed = next((t for t in done if t.exception() is not None), None)
@@ -379,130 +432,118 @@ class LLMAnnotator:
             await client.close()
 
     async def _annotate_row(self, run: _Run, example: Example, key: str) -> AnnotationResult:
-        attempts = 0
-        text = example.text
-        messages = build_messages(self.pack, text)
-        try:
-            reply, used = await self._complete(run, messages)
-            attempts += used
-            checked = check_reply(reply, text, self.strategy, self.boundary)
-            if not checked.ok:
-                repair = build_repair_messages(messages, reply, checked.problems)
-                reply, used = await self._complete(run, repair)
-                attempts += used
-                checked = check_reply(reply, text, self.strategy, self.boundary)
-                if not checked.ok:
-                    return quarantined(
-                        example,
-                        self._annotation(attempts),
-                        "reply unusable after one repair request: " + "; ".join(checked.problems),
-                        raw_output=self._scrub(reply),
-                        retryable=False,
-                    )
-        except _RowFailed as failure:
-            return quarantined(
-                example,
-                self._annotation(attempts + failure.attempts),
-                self._scrub(failure.reason),
-                raw_output=None,
-                retryable=failure.retryable,
-            )
-        if run.cache is not None:
-            run.cache.put(key, reply, attempts)
-        return annotated(example, checked, self._annotation(attempts))
+        async def ask(messages: list[Message]) -> tuple[str, int]:
+            return await self._complete(run, messages)
+
+        result, final_reply = await self._label(example, ask)
+        if final_reply is not None and run.cache is not None:
+            run.cache.put(key, final_reply, result.annotation.attempts)
+        return result
 
     async def _complete(self, run: _Run, messages: list[Message]) -> tuple[str, int]:
-        """One chat completion with retries; returns (reply text, requests sent)."""
+        """One chat completion; returns (reply text, requests sent).
+
+        The SDK retries timeouts, connection errors, 408/409/429 and 5xx (``max_retries``, with
+        its backoff and ``Retry-After`` up to 120 s); the hooks of :meth:`_client` count the
+        requests and hold the run during a 429's pause. Only a 200 whose body is not a chat
+        completion, which the SDK does not retry, is retried here.
+        """
         import openai
 
+        sent = [0]
+        _ROW_REQUESTS.set(sent)  # each row runs in its own task, so this counter is the row's
         reason = ""
-        connect_failures = 0
-        sent = 0
-        while True:
-            delay = self._backoff_delay(sent)
-            await self._wait_for_pause(run)
+        for _ in range(self.max_retries + 1):
             async with run.semaphore:
-                sent += 1
-                run.stats.requests += 1
+                mode = run.mode
                 try:
                     body = await run.client.post(
                         "/chat/completions",
                         cast_to=str,
-                        body=self._request_body(messages, structured=run.structured),
+                        body=self._request_body(messages, mode),
                         options={"timeout": self.timeout},
                     )
                     content = _reply_content(body)
-                except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                    raise EndpointError(
-                        f"the endpoint {self._where()} refused the API key "
-                        f"(HTTP {error.status_code}); put a valid key in ${self.api_key_env} "
-                        "or choose the variable with --api-key-env"
-                    ) from None
-                except openai.NotFoundError:
-                    raise EndpointError(
-                        f"the endpoint {self._where()} answered 404 for model {self.model!r}: "
-                        "check --model against the server's model list and that --base-url "
-                        "ends in /v1"
-                    ) from None
-                except openai.BadRequestError as error:
-                    if run.structured and "response_format" in str(error.message):
-                        run.structured = False
-                        logger.warning(
-                            "the endpoint does not accept response_format=json_schema; "
-                            "asking in the prompt only and reading replies leniently"
-                        )
-                        continue
-                    raise _RowFailed(
-                        f"the endpoint rejected the request (HTTP 400): {error.message}",
-                        sent,
-                        retryable=False,
-                    ) from None
                 except openai.APIStatusError as error:
-                    status = error.status_code
-                    if status < 500 and status not in _RETRYABLE_STATUS:
-                        raise _RowFailed(
-                            f"the endpoint answered HTTP {status}: {error.message}",
-                            sent,
-                            retryable=False,
-                        ) from None
-                    reason = f"HTTP {status} from the endpoint"
-                    wait = _retry_after_seconds(error.response.headers)
-                    if wait is not None:
-                        if wait > self.max_retry_after:
-                            raise _RowFailed(
-                                f"rate limited: the endpoint asked to wait {wait:.0f} s, more "
-                                f"than max_retry_after={self.max_retry_after:.0f} s",
-                                sent,
-                                retryable=True,
-                            ) from None
-                        delay = wait
-                        run.pause_until = max(run.pause_until, time.monotonic() + wait)
+                    run.any_response = True
+                    text = self._scrub(_server_text(error))
+                    if mode != "off" and _names_response_format(text):
+                        self._refuse_format(run, mode, text)
+                        continue
+                    self._raise_final(error, text, sent[0])
+                    raise RowFailed(
+                        self._retryable_reason(error, text, sent[0]), sent[0], retryable=True
+                    ) from None
                 except openai.APITimeoutError:
-                    reason = f"no reply within the {self.timeout:g} s timeout"
+                    raise RowFailed(
+                        f"no reply within the {self.timeout:g} s timeout; gave up after "
+                        f"{sent[0]} attempts",
+                        sent[0],
+                        retryable=True,
+                    ) from None
                 except openai.APIConnectionError as error:
+                    if _is_connect_failure(error) and not run.any_response:
+                        raise self._unreachable() from None
                     cause = type(error.__cause__).__name__ if error.__cause__ else "unknown"
-                    if _is_connect_failure(error):
-                        connect_failures += 1
-                        reason = f"cannot connect to the endpoint ({cause})"
-                    else:
-                        reason = f"connection lost ({cause})"
-                except (ValueError, openai.APIResponseValidationError) as error:
+                    what = "cannot connect" if _is_connect_failure(error) else "connection lost"
+                    raise RowFailed(
+                        f"{what} ({cause}); gave up after {sent[0]} attempts",
+                        sent[0],
+                        retryable=True,
+                    ) from None
+                except ValueError as error:
                     run.any_response = True
                     reason = f"malformed response body ({error})"
                 else:
                     run.any_response = True
-                    return content, sent
-            if sent > self.max_retries:
-                break
-            await asyncio.sleep(delay)
-        if connect_failures == sent and not run.any_response:
-            raise EndpointError(
-                f"cannot connect to the endpoint {self._where()}: start the server (for example "
-                "`vllm serve MODEL`) or fix --base-url"
-            )
-        raise _RowFailed(f"{reason}; gave up after {sent} attempts", sent, retryable=True)
+                    return content, sent[0]
+        raise RowFailed(f"{reason}; gave up after {sent[0]} attempts", sent[0], retryable=True)
 
-    def _request_body(self, messages: list[Message], *, structured: bool) -> dict[str, Any]:
+    @staticmethod
+    def _retryable_reason(error: Any, text: str, sent: int) -> str:
+        wait = _retry_after_seconds(error.response.headers)
+        if error.status_code == 429 and wait is not None and wait > SDK_MAX_RETRY_AFTER:
+            return (
+                f"rate limited: the endpoint asked to wait {wait:.0f} s, more than the "
+                f"{SDK_MAX_RETRY_AFTER:.0f} s a run waits"
+            )
+        return f"HTTP {error.status_code} from the endpoint: {text}; gave up after {sent} attempts"
+
+    def _refuse_format(self, run: _Run, mode: StructuredOutput, text: str) -> None:
+        """The server rejected ``response_format``: step down (auto) or stop the run (explicit)."""
+        if self.structured_output != "auto":
+            raise EndpointError(
+                f"the endpoint {self._where()} rejects response_format {mode!r} ({text}); "
+                "use --structured-output auto, json_object or off"
+            )
+        if run.mode == mode:  # the first of several concurrent refusals steps down, once
+            run.mode = _FALLBACK[mode]
+            logger.warning(
+                "the endpoint rejects response_format %r (%s); asking with %s from now on",
+                mode,
+                text,
+                "the prompt only" if run.mode == "off" else f"response_format {run.mode!r}",
+            )
+
+    def _raise_final(self, error: Any, text: str, sent: int) -> None:
+        """Raise for status errors that no retry can heal; return for retryable ones."""
+        status = error.status_code
+        if status in (401, 403):
+            raise EndpointError(
+                f"the endpoint {self._where()} refused the API key (HTTP {status}: {text}); put "
+                f"a valid key in ${self.api_key_env} or choose the variable with --api-key-env"
+            ) from None
+        if status == 404:
+            raise EndpointError(
+                f"the endpoint {self._where()} answered 404 for model {self.model!r} ({text}): "
+                "check --model against the server's model list and that --base-url ends in /v1"
+            ) from None
+        if status < 500 and status not in _RETRYABLE_STATUS:
+            raise RowFailed(
+                f"the endpoint rejected the request (HTTP {status}): {text}", sent, retryable=False
+            ) from None
+
+    def _request_body(self, messages: list[Message], mode: StructuredOutput) -> dict[str, Any]:
         """The chat-completions JSON body.
 
         Sent through the SDK's raw ``client.post`` (its documented way to make requests it has
@@ -512,19 +553,17 @@ class LLMAnnotator:
         """
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         body.update(self.decoding.as_dict())
-        if structured:
+        if mode == "json_schema":
             body["response_format"] = json_schema_response_format()
+        elif mode == "json_object":
+            body["response_format"] = json_object_response_format()
         return body
 
-    async def _wait_for_pause(self, run: _Run) -> None:
-        """A 429 with Retry-After holds back every request of the run, not only its own retry."""
-        while (wait := run.pause_until - time.monotonic()) > 0:
-            await asyncio.sleep(wait)
-
-    def _backoff_delay(self, failures: int) -> float:
-        """Exponential backoff with jitter: half fixed, half random."""
-        ceiling = min(self.max_backoff, self.backoff * 2**failures)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+    def _unreachable(self) -> EndpointError:
+        return EndpointError(
+            f"cannot connect to the endpoint {self._where()}: start the server (for example "
+            "`vllm serve MODEL`) or fix --base-url"
+        )
 
     def _where(self) -> str:
         return self.base_url or "api.openai.com"
@@ -534,17 +573,3 @@ class LLMAnnotator:
         if key and key != PLACEHOLDER_API_KEY:
             text = text.replace(key, "***")
         return text
-
-    def _annotation(self, attempts: int, created_at: datetime | None = None) -> Annotation:
-        extra = {} if created_at is None else {"created_at": created_at}
-        return Annotation(
-            annotator=self.name,
-            annotator_version=self.version,
-            model=self.model,
-            pack=self.pack.name,
-            pack_hash=self._pack_hash,
-            prompt_hash=self._prompt_hash,
-            config_hash=self.config_hash(),
-            attempts=attempts,
-            **extra,
-        )

@@ -2,8 +2,9 @@
 
 Keys identify everything that determines a reply (text, pack content hash, model, decoding
 parameters, prompt template version). Each reply is committed as soon as it arrives (WAL mode), so
-a killed run keeps what it paid for and a re-run over unchanged rows sends no request. Only
-replies that passed validation are stored.
+a killed run keeps what it paid for and a re-run over unchanged rows sends no request. Every
+final reply is stored (accepted, partly accepted, unusable after the repair request); failures
+that may pass on another try are not.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class ReplyCache:
         return found
 
     def put(self, key: str, reply: str, attempts: int) -> None:
-        """Store one validated reply and commit at once."""
+        """Store one final reply and commit at once."""
         created_at = datetime.now(UTC).isoformat()
         with self._lock:
             self._db.execute(

@@ -129,6 +129,11 @@ def json_schema_response_format() -> dict[str, Any]:
     }
 
 
+def json_object_response_format() -> dict[str, Any]:
+    """JSON mode with the schema alongside, as llama.cpp's servers take it (they enforce it)."""
+    return {"type": "json_object", "schema": WIRE_SCHEMA}
+
+
 def prompt_hash(pack: PriorPack) -> str:
     """Identifies the prompt template and the pack content it is filled with."""
     return stable_hash(

@@ -8,6 +8,13 @@ attempt_index)`` callable, where ``attempt_index`` counts earlier requests with 
 
     with ScriptedChatServer(lambda request, attempt: Reply.completion('{"relations": []}')) as s:
         client = AsyncOpenAI(base_url=s.base_url, api_key="x")
+
+With ``api_key`` set, every request (model list included) without ``Authorization: Bearer
+<api_key>`` gets a 401, as OpenAI, ``vllm serve --api-key`` and llama.cpp's servers answer.
+``models`` is what ``GET /v1/models`` lists (nothing by default, like servers that do not say).
+``response_formats`` limits the ``response_format`` types the server takes; any other type gets
+the answer llama-cpp-python's server gives (HTTP 500, its validation message naming
+``response_format``) before the script is asked: :data:`LLAMA_CPP_FORMATS` emulates it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 Action = Literal["reply", "reset", "close"]
+
+ALL_FORMATS = ("text", "json_object", "json_schema")
+LLAMA_CPP_FORMATS = ("text", "json_object")
+"""The ``response_format`` types llama-cpp-python's server (0.3.x) accepts."""
 
 
 @dataclass(frozen=True)
@@ -137,9 +148,24 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet by design
         return
 
+    def _refused_key(self) -> bool:
+        """Answer 401 when the server wants a key and the request lacks it."""
+        key = self.server.scripted.api_key
+        if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+            return False
+        message = "Incorrect API key provided"
+        self._send(401, json.dumps({"error": {"message": message, "code": "invalid_api_key"}}), {})
+        return True
+
     def do_GET(self) -> None:
+        if self._refused_key():
+            return
         if self.path.rstrip("/").endswith("/models"):
-            self._send(200, json.dumps({"object": "list", "data": []}), {})
+            models = [
+                {"id": name, "object": "model", "created": 0, "owned_by": "scripted"}
+                for name in self.server.scripted.models
+            ]
+            self._send(200, json.dumps({"object": "list", "data": models}), {})
         else:
             self._send(404, json.dumps({"error": {"message": "not found"}}), {})
 
@@ -150,6 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError:
             body = None
+        if self._refused_key():
+            return
         if not self.path.rstrip("/").endswith("/chat/completions") or not isinstance(body, dict):
             self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}), {})
             return
@@ -202,7 +230,18 @@ class ScriptedChatServer:
     Replies used in order; when a queue runs dry the server answers 500 "script exhausted".
     """
 
-    def __init__(self, script: Responder | Iterable[Reply], *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        script: Responder | Iterable[Reply],
+        *,
+        host: str = "127.0.0.1",
+        models: Iterable[str] = (),
+        response_formats: Iterable[str] = ALL_FORMATS,
+        api_key: str | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.models = list(models)
+        self.response_formats = tuple(response_formats)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._respond: Responder | None = script if callable(script) else None
@@ -276,6 +315,21 @@ class ScriptedChatServer:
             with self._lock:
                 self._in_flight -= 1
 
+    def _rejected_format(self, body: dict[str, Any]) -> Reply | None:
+        """llama-cpp-python's answer to a ``response_format`` type it does not know."""
+        wanted = body.get("response_format")
+        kind = wanted.get("type") if isinstance(wanted, dict) else None
+        if kind is None or kind in self.response_formats:
+            return None
+        allowed = " or ".join(repr(k) for k in self.response_formats)
+        message = (
+            "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
+            f"  Input should be {allowed} [type=literal_error, input_value={kind!r}, "
+            "input_type=str]"
+        )
+        error = {"message": message, "type": "internal_server_error", "param": None, "code": None}
+        return Reply(status=500, body=json.dumps({"error": error}))
+
     def _next_reply(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Reply:
         key = json.dumps(body, sort_keys=True)
         with self._lock:
@@ -284,6 +338,9 @@ class ScriptedChatServer:
             self._requests.append(
                 RecordedRequest(time.monotonic(), path, body, headers, attempt_index=attempt)
             )
+            rejected = self._rejected_format(body)
+            if rejected is not None:
+                return rejected
             if self._respond is None:
                 if self._queue:
                     return self._queue.popleft()

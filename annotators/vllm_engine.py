@@ -1,9 +1,11 @@
 """VLLMAnnotator: the LLM annotator's prompts run through vLLM's offline engine on a GPU box.
 
-Same few-shot chats, reply checking and single repair round as :class:`LLMAnnotator`, but batched
-through ``vllm.LLM.chat`` with structured output constrained to the wire-format JSON schema. vLLM
-renamed its structured-output API in 0.12 (``GuidedDecodingParams`` / ``guided_decoding`` became
-``StructuredOutputsParams`` / ``structured_outputs``); both are supported, the current one first.
+Same few-shot chats and the same ask -> check -> repair -> quarantine loop as
+:class:`LLMAnnotator` (:class:`~cattune.annotators.llm_base.PromptedAnnotator`), but the chats of
+all rows go through ``vllm.LLM.chat`` in batches (first round, then repairs), with structured
+output constrained to the wire-format JSON schema. vLLM renamed its structured-output API in 0.12
+(``GuidedDecodingParams`` / ``guided_decoding`` became ``StructuredOutputsParams`` /
+``structured_outputs``); both are supported, the current one first.
 
 vllm is imported lazily and cannot share an environment with cattune's CPU stack (STACK.md): where
 it is missing, constructing this annotator raises :class:`ConfigError` pointing to ``vllm serve``
@@ -13,25 +15,18 @@ code around the engine.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from cattune.annotators.base import AnnotationResult
-from cattune.annotators.llm import Decoding, resolve_pack
-from cattune.annotators.llm_parse import CheckedReply, annotated, check_reply, quarantined
-from cattune.annotators.llm_prompt import (
-    WIRE_SCHEMA,
-    Message,
-    build_messages,
-    build_repair_messages,
-    prompt_hash,
-    prompted_config_hash,
-)
+from cattune.annotators.llm_base import Decoding, PromptedAnnotator, RowFailed, run_sync
+from cattune.annotators.llm_prompt import WIRE_SCHEMA, Message
 from cattune.annotators.pack import PriorPack
-from cattune.schemas import Annotation, ConfigError, Example
+from cattune.schemas import ConfigError, Example
 from cattune.schemas.phrases import Boundary, Strategy
 
 logger = logging.getLogger(__name__)
@@ -81,7 +76,49 @@ def reply_texts(outputs: Sequence[Any]) -> list[str]:
     return texts
 
 
-class VLLMAnnotator:
+class _EngineBatches:
+    """Gathers the chats of rows being labelled at once into one engine call.
+
+    Each row's :meth:`ask` waits until every row still running has asked too (or finished), then
+    all waiting chats go to the engine together: the first round is one batch, the repair round
+    another. Engine errors fail the waiting rows as retryable; configuration errors stop the run.
+    """
+
+    def __init__(self, chat: Callable[[list[list[Message]]], list[str]], rows: int) -> None:
+        self._chat = chat
+        self._live = rows
+        self._waiting: list[tuple[list[Message], asyncio.Future[str]]] = []
+
+    async def ask(self, messages: list[Message]) -> tuple[str, int]:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.append((messages, future))
+        self._flush_when_all_wait()
+        return await future, 1
+
+    def finished(self) -> None:
+        self._live -= 1
+        self._flush_when_all_wait()
+
+    def _flush_when_all_wait(self) -> None:
+        if not self._waiting or len(self._waiting) < self._live:
+            return
+        batch, self._waiting = self._waiting, []
+        try:
+            replies = self._chat([messages for messages, _ in batch])
+        except ConfigError as error:
+            for _, future in batch:
+                future.set_exception(error)
+        except Exception as error:  # engine failures are about the run, not the rows
+            logger.error("vLLM engine failed: %s", error)
+            reason = f"vLLM engine error: {type(error).__name__}: {error}"
+            for _, future in batch:
+                future.set_exception(RowFailed(reason, 1, retryable=True))
+        else:
+            for (_, future), reply in zip(batch, replies, strict=True):
+                future.set_result(reply)
+
+
+class VLLMAnnotator(PromptedAnnotator):
     """Annotates batches with a local vLLM engine; see the module doc."""
 
     name = "vllm"
@@ -97,6 +134,7 @@ class VLLMAnnotator:
         top_p: float | None = None,
         seed: int | None = None,
         structured_output: bool = True,
+        max_dropped_share: float = 0.5,
         strategy: Strategy = "all",
         boundary: Boundary = "word",
         engine_options: dict[str, Any] | None = None,
@@ -106,23 +144,21 @@ class VLLMAnnotator:
         if not model:
             raise ConfigError("the vLLM annotator needs a model name or path: pass --model")
         self._vllm = vllm_module if vllm_module is not None else import_vllm()
-        self.pack = resolve_pack(pack)
-        self.model = model
-        self.decoding = Decoding(temperature, max_tokens, top_p, seed)
+        super().__init__(
+            pack,
+            model=model,
+            decoding=Decoding(temperature, max_tokens, top_p, seed),
+            strategy=strategy,
+            boundary=boundary,
+            max_dropped_share=max_dropped_share,
+        )
         self.structured_output = structured_output
-        self.strategy = strategy
-        self.boundary = boundary
         self.engine_options = dict(engine_options or {})
         self.progress = progress
         self._engine: Any | None = None
-        self._pack_hash = self.pack.content_hash
-        self._prompt_hash = prompt_hash(self.pack)
 
     def __repr__(self) -> str:
         return f"VLLMAnnotator(model={self.model!r}, pack={self.pack.name!r})"
-
-    def config_hash(self) -> str:
-        return prompted_config_hash(self)
 
     @property
     def engine(self) -> Any:
@@ -140,62 +176,28 @@ class VLLMAnnotator:
         return texts
 
     def annotate(self, examples: Sequence[Example]) -> list[AnnotationResult]:
+        """One chat per distinct text; rows repeating a text share its result (with their meta)."""
         rows = list(examples)
-        texts = list(dict.fromkeys(example.text for example in rows))
-        chats = [build_messages(self.pack, text) for text in texts]
-        try:
-            replies = self._chat(chats)
-            checked = [
-                check_reply(r, t, self.strategy, self.boundary)
-                for r, t in zip(replies, texts, strict=True)
-            ]
-            attempts = [1] * len(texts)
-            redo = [i for i, c in enumerate(checked) if not c.ok]
-            if redo:
-                repairs = [
-                    build_repair_messages(chats[i], replies[i], checked[i].problems) for i in redo
-                ]
-                for i, reply in zip(redo, self._chat(repairs), strict=True):
-                    replies[i] = reply
-                    checked[i] = check_reply(reply, texts[i], self.strategy, self.boundary)
-                    attempts[i] = 2
-        except ConfigError:
-            raise
-        except Exception as error:  # engine failures are about the run, not the rows
-            logger.error("vLLM engine failed: %s", error)
-            reason = f"vLLM engine error: {type(error).__name__}: {error}"
-            return [
-                quarantined(row, self._annotation(1), reason, raw_output=None, retryable=True)
-                for row in rows
-            ]
-        by_text = {
-            text: (check, reply, tries)
-            for text, check, reply, tries in zip(texts, checked, replies, attempts, strict=True)
-        }
-        return [self._result(row, *by_text[row.text]) for row in rows]
+        firsts: dict[str, Example] = {}
+        for row in rows:
+            firsts.setdefault(row.text, row)
+        labelled = run_sync(self._label_all(list(firsts.values())))
+        by_text = dict(zip(firsts, labelled, strict=True))
+        return [
+            by_text[row.text]
+            if by_text[row.text].meta == row.meta
+            else by_text[row.text].model_copy(update={"meta": row.meta})
+            for row in rows
+        ]
 
-    def _result(
-        self, row: Example, checked: CheckedReply, reply: str, attempts: int
-    ) -> AnnotationResult:
-        annotation = self._annotation(attempts)
-        if checked.ok:
-            return annotated(row, checked, annotation)
-        return quarantined(
-            row,
-            annotation,
-            "reply unusable after one repair request: " + "; ".join(checked.problems),
-            raw_output=reply,
-            retryable=False,
-        )
+    async def _label_all(self, examples: list[Example]) -> list[AnnotationResult]:
+        batches = _EngineBatches(self._chat, len(examples))
 
-    def _annotation(self, attempts: int) -> Annotation:
-        return Annotation(
-            annotator=self.name,
-            annotator_version=self.version,
-            model=self.model,
-            pack=self.pack.name,
-            pack_hash=self._pack_hash,
-            prompt_hash=self._prompt_hash,
-            config_hash=self.config_hash(),
-            attempts=attempts,
-        )
+        async def one(example: Example) -> AnnotationResult:
+            try:
+                result, _ = await self._label(example, batches.ask)
+                return result
+            finally:
+                batches.finished()
+
+        return list(await asyncio.gather(*(one(example) for example in examples)))

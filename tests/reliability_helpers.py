@@ -148,8 +148,6 @@ def llm_options(server: HasBaseUrl, cache: Path | None, **extra: Any) -> dict[st
         "cache": str(cache) if cache is not None else False,
         "timeout": 0.25,
         "max_retries": 1,
-        "backoff": 0.01,
-        "max_backoff": 0.02,
         "concurrency": 64,
         "progress": False,
     }

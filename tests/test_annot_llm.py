@@ -84,8 +84,6 @@ def annotator(server: ScriptedChatServer, tmp_path: Path, **options: Any) -> LLM
         "cache": tmp_path / "llm.sqlite",
         "timeout": 2.0,  # only the hang test waits for a timeout; it sets its own
         "max_retries": 2,
-        "backoff": 0.01,
-        "max_backoff": 0.05,
     }
     settings.update(options)
     return LLMAnnotator(PACK, **settings)
@@ -220,7 +218,7 @@ def test_quarantined_rows_are_not_cached_and_retry_next_run(tmp_path: Path) -> N
 def test_429_retry_after_is_honoured(tmp_path: Path) -> None:
     script = [Reply.error(429, retry_after=1), Reply.completion(GOOD)]
     with ScriptedChatServer(script) as server:
-        [result] = annotator(server, tmp_path, backoff=0.0).annotate([example()])
+        [result] = annotator(server, tmp_path).annotate([example()])
         first, second = server.requests
     assert isinstance(result, AnnotatedExample) and result.annotation.attempts == 2
     assert second.received_at - first.received_at >= 1.0
@@ -368,7 +366,6 @@ def test_401_and_unreachable_endpoint_raise_actionable_endpoint_errors(tmp_path:
         base_url=f"http://127.0.0.1:{port}/v1",
         cache=False,
         max_retries=1,
-        backoff=0.01,
     )
     with pytest.raises(EndpointError, match="cannot connect.*--base-url"):
         closed.annotate([example()])
@@ -392,7 +389,8 @@ def test_server_without_structured_output_falls_back_to_the_prompt(tmp_path: Pat
         results = annotator(server, tmp_path, concurrency=1).annotate([example(0), example(1)])
         bodies = [r.body or {} for r in server.requests]
     assert all(isinstance(r, AnnotatedExample) for r in results)
-    assert ["response_format" in b for b in bodies] == [True, False, False]
+    asked = [b.get("response_format", {}).get("type") for b in bodies]
+    assert asked == ["json_schema", "json_object", None, None]  # stepped down once, remembered
 
 
 def test_annotate_works_inside_a_running_loop_and_from_a_thread(tmp_path: Path) -> None:
@@ -435,7 +433,7 @@ def test_unknown_model_is_an_endpoint_error(tmp_path: Path) -> None:
 
 def test_retry_after_beyond_the_limit_quarantines_at_once(tmp_path: Path) -> None:
     with ScriptedChatServer(lambda request, attempt: Reply.error(429, retry_after=3600)) as server:
-        [result] = annotator(server, tmp_path, max_retry_after=60).annotate([example()])
+        [result] = annotator(server, tmp_path).annotate([example()])
         assert server.request_count == 1
     assert isinstance(result, QuarantinedExample) and result.retryable
     assert "asked to wait 3600 s" in result.error

@@ -280,3 +280,80 @@ def test_unusable_cache_file_is_a_config_error(tmp_path: Path, bad: str) -> None
         path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(ConfigError, match="--cache"):
         ReplyCache(path)
+
+
+WORDS = [
+    "Smoking: 8",
+    "Weight",
+    "体重",
+    "café",
+    "e\u0301t\u0301e\u0301",
+    "🧬 gene",
+    "👩‍🔬",
+    "42",
+    "4.5",
+]
+
+
+@given(
+    st.lists(st.sampled_from(WORDS), min_size=2, max_size=8),
+    st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from(WORDS), st.sampled_from(["Gene: 3", "caf", "2", "重"])),
+            st.lists(
+                st.one_of(st.sampled_from(WORDS), st.sampled_from(["Pizza", "é", "4"])),
+                max_size=3,
+            ),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+)
+def test_the_valid_part_of_any_reply_is_kept_exactly(
+    words: list[str], reply_pairs: list[tuple[str, list[str]]]
+) -> None:
+    """Kept spans are exactly reply phrases; a pair is kept iff its phrases occur in order."""
+    from cattune.schemas.phrases import find_occurrences
+
+    text = " . ".join(words)
+    reply = json.dumps(
+        {"relations": [{"effect": e, "causes": c} for e, c in reply_pairs]}, ensure_ascii=False
+    )
+    checked = check_reply(reply, text)
+    asked = {(e, c) for e, causes in reply_pairs for c in causes}
+    placeable = {
+        (e, c)
+        for e, c in asked
+        if any(
+            s + len(c) <= t for s in find_occurrences(text, c) for t in find_occurrences(text, e)
+        )
+    }
+    kept = set()
+    if checked.alignment is not None:
+        kept = {
+            (r.effect.text(text), c.text(text))
+            for r in checked.alignment.relations
+            for c in r.causes
+        }
+    assert kept == placeable
+    assert checked.usable == bool(placeable)
+    placed = sum((e, c) in placeable for e, causes in reply_pairs for c in dict.fromkeys(causes))
+    assert checked.links == sum(max(len(set(causes)), 1) for _, causes in reply_pairs)
+    assert checked.links - checked.dropped == placed
+    assert checked.ok == (not checked.problems)
+
+
+def test_reason_kind_counts_reasons_without_their_details() -> None:
+    from cattune.annotators.base import reason_kind
+
+    assert reason_kind("HTTP 503 from the endpoint: Loading model; gave up after 3 attempts") == (
+        "HTTP 503 from the endpoint"
+    )
+    assert reason_kind("no reply within the 60 s timeout; gave up after 5 attempts") == (
+        "no reply within the 60 s timeout"
+    )
+    assert reason_kind("reply unusable after one repair request: effect 'x' does not occur") == (
+        "reply unusable after one repair request"
+    )
+    assert reason_kind("malformed source row: not JSON (row 3)") == "malformed source row"
+    assert reason_kind("x" * 300) == "x" * 100

@@ -17,7 +17,7 @@ import pytest
 from test_annot_llm import GOOD, PACK, example
 
 from cattune.annotators.base import Annotator
-from cattune.annotators.llm import Decoding
+from cattune.annotators.llm_base import Decoding
 from cattune.annotators.llm_prompt import WIRE_SCHEMA, build_messages, text_of_data_message
 from cattune.annotators.vllm_engine import VLLMAnnotator, reply_texts, sampling_params
 from cattune.schemas import AnnotatedExample, ConfigError, QuarantinedExample

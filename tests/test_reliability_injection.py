@@ -94,7 +94,7 @@ def test_text_cannot_close_its_own_data_fence() -> None:
 
 
 def build_messages_for(text: str) -> list[dict[str, str]]:
-    from cattune.annotators.llm import resolve_pack
+    from cattune.annotators.llm_base import resolve_pack
 
     return build_messages(resolve_pack("key-value-records"), text)
 

@@ -11,12 +11,14 @@ kept in the reply cache and not paid for again).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cattune.annotators.base import reason_kind
 from cattune.schemas import ConfigError
 
 if TYPE_CHECKING:
@@ -31,9 +33,12 @@ LLM_FLAGS = (
     "concurrency",
     "timeout",
     "max_retries",
+    "structured_output",
     "cache",
     "no_cache",
+    "refresh",
 )
+DECODING_FLAGS = ("max_tokens", "temperature", "max_dropped_share")  # llm and vllm
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,8 +79,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     llm.add_argument("--concurrency", type=int, help="requests in flight (default: 16)")
     llm.add_argument("--timeout", type=float, help="seconds per request (default: 60)")
     llm.add_argument("--max-retries", type=int, help="retries of a failed request (default: 4)")
+    llm.add_argument(
+        "--structured-output",
+        choices=("auto", "json_schema", "json_object", "off"),
+        help="how to ask for the JSON reply: response_format json_schema, the server's JSON mode "
+        "with the schema (llama.cpp), or the prompt only; auto (default) tries them in that "
+        "order, stepping down when the server rejects response_format",
+    )
+    llm.add_argument("--max-tokens", type=int, help="reply length limit in tokens (default: 2048)")
+    llm.add_argument("--temperature", type=float, help="sampling temperature (default: 0)")
+    llm.add_argument(
+        "--max-dropped-share",
+        type=float,
+        help="ask for a repair when more than this share of a reply's effect-cause pairs cannot "
+        "be placed in the text (default: 0.5; the valid part is kept either way)",
+    )
     llm.add_argument("--cache", help="reply cache file (default: $CATTUNE_HOME/cache/llm.sqlite)")
     llm.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    llm.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask the endpoint again for every row, replacing cached replies",
+    )
     add_dataset_mode(parser, target)
     parser.set_defaults(handler=run)
 
@@ -87,13 +112,16 @@ def quarantine_path(out: Path) -> Path:
 
 def annotator_options(args: argparse.Namespace) -> dict[str, Any]:
     """Constructor options for the chosen annotator; flags it does not use are an error."""
-    given = {flag: getattr(args, flag) for flag in (*LLM_FLAGS, "model", "boundary")}
-    given = {flag: value for flag, value in given.items() if value not in (None, False)}
+    flags = (*LLM_FLAGS, *DECODING_FLAGS, "model", "boundary")
+    given = {flag: getattr(args, flag) for flag in flags}
+    given = {
+        flag: value for flag, value in given.items() if value is not None and value is not False
+    }
     allowed: tuple[str, ...] = ()
     if args.annotator == "llm":
-        allowed = (*LLM_FLAGS, "model", "boundary")
+        allowed = flags
     elif args.annotator == "vllm":
-        allowed = ("model", "boundary")
+        allowed = (*DECODING_FLAGS, "model", "boundary")
     elif args.annotator in ("given", "gold"):
         allowed = ("boundary",)
     stray = [flag for flag in given if flag not in allowed]
@@ -200,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must name a .parquet file, got {out}")
     quarantine = quarantine_path(out)
     annotator = get_annotator(args.annotator, pack=args.pack, **annotator_options(args))
+    check_endpoint(annotator)
     source = Path(args.source)
     rows = read_source(
         source,
@@ -230,7 +259,35 @@ def run(args: argparse.Namespace) -> int:
         for path in partial:
             path.unlink(missing_ok=True)
     _report(counts, out, quarantine, args.annotator)
-    return 0
+    return exit_status(args.annotator, counts.annotated, counts.quarantined, counts.retryable)
+
+
+def check_endpoint(annotator: Any) -> None:
+    """An endpoint that cannot be used fails here, in one line, before any row is read."""
+    check = getattr(annotator, "check_endpoint", None)
+    if check is not None:
+        check()
+
+
+def exit_status(kind: str, annotated: int, quarantined: int, retryable: int) -> int:
+    """1 (with the reason on stderr) when an LLM run annotated nothing or left rows to retry.
+
+    Deterministic annotators (prior, given, gold) exit 0 whatever the data gave: their
+    quarantine is final and running again would not change it.
+    """
+    if kind not in ("llm", "vllm"):
+        return 0
+    if quarantined and not annotated:
+        reason = f"nothing was annotated: all {quarantined} rows ended in quarantine"
+    elif retryable:
+        reason = (
+            f"{retryable} rows failed for reasons that may pass (timeouts, server errors); "
+            "run the same command again to retry only those"
+        )
+    else:
+        return 0
+    print(f"cattune: error: {reason}", file=sys.stderr)
+    return 1
 
 
 def _count(counts: Counts, batch: Batch, annotator: Any) -> None:
@@ -238,7 +295,7 @@ def _count(counts: Counts, batch: Batch, annotator: Any) -> None:
     counts.quarantined += len(batch.quarantined)
     counts.malformed += batch.malformed
     counts.retryable += sum(row.retryable for row in batch.quarantined)
-    counts.reasons.update(row.error.split(":")[0][:80] for row in batch.quarantined)
+    counts.reasons.update(reason_kind(row.error) for row in batch.quarantined)
     stats = getattr(annotator, "last_run", None)  # the LLM annotator's request statistics
     if stats is not None:
         counts.requests += stats.requests
@@ -300,7 +357,8 @@ def run_dataset_mode(args: argparse.Namespace) -> int:
     if not Path(args.source).exists():
         raise InputError("no such file or directory; check the path", path=args.source)
     options = annotator_options(args)
-    get_annotator(args.annotator, pack=args.pack, **options)  # configuration errors before Prefect
+    # Configuration and endpoint errors before Prefect, in the same one line as file mode.
+    check_endpoint(get_annotator(args.annotator, pack=args.pack, **options))
     # Whole-file problems (empty, binary, no usable columns) surface at the first row: report
     # them here in one line, not from inside the flow, where Prefect logs them with tracebacks.
     rows = read_source(
@@ -339,6 +397,17 @@ def run_dataset_mode(args: argparse.Namespace) -> int:
     print(f"skipped     {summary.rows_skipped} (already annotated with this configuration)")
     print(f"annotated   {summary.rows_annotated} in {summary.shards} shards")
     print(f"quarantined {summary.rows_quarantined}")
-    for reason, n in list(summary.quarantine_reasons.items())[:3]:
-        print(f"  {n} x {reason[:100]}")
-    return 0
+    kinds: Counter[str] = Counter()
+    for reason, n in summary.quarantine_reasons.items():
+        kinds[reason_kind(reason)] += n
+    for reason, n in kinds.most_common(3):
+        print(f"  {n} x {reason}")
+    retryable = 0
+    if summary.rows_quarantined and args.annotator in ("llm", "vllm"):
+        from cattune.pipeline.store import DatasetStore
+
+        retryable = sum(
+            q.retryable and q.annotation.config_hash == summary.config_hash
+            for q in DatasetStore(args.store).quarantine(summary.dataset)
+        )
+    return exit_status(args.annotator, summary.rows_annotated, summary.rows_quarantined, retryable)
