@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up Label Studio in its own virtual environment (./.venv-labelstudio by default): its Django
+# pins clash with Prefect's. Idempotent: reinstalls only when this script or its constraints change.
+# Prints the path of the label-studio executable on its last line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV="${CATTUNE_LABELSTUDIO_VENV:-.venv-labelstudio}"
+constraints="scripts/labelstudio-constraints.txt"
+stamp="$VENV/.cattune-installed"
+
+want="$(cat scripts/setup_labelstudio.sh "$constraints" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install --quiet -c "$constraints" label-studio
+    echo "$want" > "$stamp"
+fi
+echo "$VENV/bin/label-studio"
