@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cattune.flows.cli import main
 from cattune.pipeline.labelstudio import (
     CAUSE,
     EFFECT,
@@ -38,6 +39,7 @@ from cattune.schemas import (
     Example,
     InputError,
     Meta,
+    QuarantinedExample,
     Relation,
     Span,
 )
@@ -295,3 +297,47 @@ def test_selection_samples_and_filters_by_agreement(tmp_path: Path) -> None:
     assert sorted(r.id for r in low) == sorted(scored[i].id for i in (0, 2))
     with pytest.raises(ConfigError, match="cattune review aggregate"):
         select_rows(store, "plain", below=0.5)
+
+
+def test_a_reviewed_quarantined_row_leaves_the_quarantine(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path / "store")
+    good, stuck = rows()[0], rows()[1]
+    failure = QuarantinedExample(
+        **stuck.model_dump(exclude={"relations", "problems"}), error="no cause found"
+    )
+    store.write("mix", [good], [failure])
+    out = tmp_path / "tasks.json"
+    assert export_review(store, "mix", None, out, quarantine=True).rows == 1
+    tasks = json.loads(out.read_text(encoding="utf-8"))
+    assert tasks[0]["predictions"][0]["result"] == []
+    reviewed = prediction_result(stuck)  # the reviewer draws the relations from scratch
+    export = write_json(tmp_path / "export.json", simulated_export(tasks, {0: reviewed}))
+
+    outcome = import_review(store, "mix", export)
+
+    assert (outcome.reviewed, outcome.changed, outcome.quarantined) == (1, 1, 0)
+    assert store.quarantine("mix") == []
+    new = {row.id: row for row in store.read("mix")}
+    assert new[stuck.id].relations == stuck.relations
+    assert new[stuck.id].annotation.annotator == HUMAN
+    assert new[good.id] == good
+
+
+def test_a_task_whose_id_is_not_its_text_is_rejected_and_the_rest_imported(
+    store: DatasetStore, tmp_path: Path
+) -> None:
+    out = tmp_path / "tasks.json"
+    export_review(store, "mix", None, out)
+    tasks = json.loads(out.read_text(encoding="utf-8"))
+    tasks[0]["data"]["completion"] += " (edited)"
+    tasks[0]["data"]["text"] += " (edited)"
+    results = {i: t["predictions"][0]["result"] for i, t in enumerate(tasks[:2])}
+    export = write_json(tmp_path / "export.json", simulated_export(tasks, results))
+
+    outcome = import_review(store, "mix", export)
+
+    assert outcome.reviewed == 1 and len(outcome.rejected) == 1
+    assert outcome.rejected[0].startswith("task 10: ")
+    assert "is not the content hash of the text" in outcome.rejected[0]
+    code = main(["review", "import", "mix", str(export), "--store", store.root])
+    assert code == 1
