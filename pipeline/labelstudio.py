@@ -52,7 +52,7 @@ def labeling_config() -> str:
 # --- offsets ----------------------------------------------------------------------------------
 
 
-def _astral_before(text: str) -> list[int]:
+def _astral_indices(text: str) -> list[int]:
     """Code point indices of the characters outside the BMP (two UTF-16 units each)."""
     return [i for i, char in enumerate(text) if ord(char) > 0xFFFF]
 
@@ -63,7 +63,7 @@ def to_ls_offset(text: str, index: int, unit: OffsetUnit = OFFSET_UNIT) -> int:
         raise ValueError(f"offset {index} lies outside the text ({len(text)} code points)")
     if unit == "code_point":
         return index
-    return index + bisect.bisect_left(_astral_before(text), index)
+    return index + bisect.bisect_left(_astral_indices(text), index)
 
 
 def from_ls_offset(text: str, offset: int, unit: OffsetUnit = OFFSET_UNIT) -> int:

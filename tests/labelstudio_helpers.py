@@ -176,6 +176,17 @@ class Page:
             time.sleep(1)
         raise TimeoutError(f"page never satisfied {expression!r}")
 
+    def click(self, x: float, y: float) -> None:
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    def drag(self, x0: float, x1: float, y: float) -> None:
+        """Press the mouse at (x0, y), move to (x1, y) and release: a person selecting text."""
+        self.send("Input.dispatchMouseEvent", type="mousePressed", x=x0, y=y, button="left")
+        for x in (x0 + (x1 - x0) / 2, x1):
+            self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y, button="left")
+        self.send("Input.dispatchMouseEvent", type="mouseReleased", x=x1, y=y, button="left")
+
     def screenshot(self, path: Path) -> None:
         data = self.send("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))

@@ -237,9 +237,9 @@ def test_shortcut_variant_copies_the_label_in_iid_rows_only() -> None:
     for split, rows in data.items():
         items = [_items(r.prompt) for r in rows]
         high = [int(r.completion == "High Risk") for r in rows]
-        agreement[split] = sum(
-            int(i["Code"]) == h for i, h in zip(items, high, strict=True)
-        ) / len(rows)
+        agreement[split] = sum(int(i["Code"]) == h for i, h in zip(items, high, strict=True)) / len(
+            rows
+        )
         for row, item in zip(rows, items, strict=True):
             assert len(item) == 9  # STG's eight items and the code
             rule = stg_label(*(int(item[c]) for c in STG_CAUSES))

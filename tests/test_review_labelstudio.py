@@ -14,7 +14,7 @@ import pytest
 
 from cattune.flows.cli import main
 from cattune.pipeline.convert import convert_source
-from cattune.pipeline.labelstudio import to_ls_offset
+from cattune.pipeline.labelstudio import EFFECT, to_ls_offset
 from cattune.pipeline.review import HUMAN, config_path
 from cattune.pipeline.store import DatasetStore
 from cattune.schemas import Relation, Span
@@ -141,6 +141,8 @@ def test_labelling_page_draws_the_predicted_spans_on_the_right_words(
     expected = sorted(
         {span.text(row.text) for r in row.relations for span in (r.effect, *r.causes)}
     )
+    person = row.text.index("Answer")  # after 👍🏽: two astral characters earlier in the text
+    assert len(row.text[:person].encode("utf-16-le")) // 2 == person + 2
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with headless_page(chromium() or "", tmp_path) as page:
         page.send(
@@ -155,7 +157,16 @@ def test_labelling_page_draws_the_predicted_spans_on_the_right_words(
         page.wait_for(f"{HIGHLIGHTS_SCRIPT}.length >= {len(expected)}")
         drawn = page.evaluate(HIGHLIGHTS_SCRIPT)
         page.screenshot(ARTIFACTS / "labelling-page.png")
+        # A person picks the Effect label and drags the mouse over "Answer".
+        page.click(*page.evaluate(EFFECT_BUTTON_SCRIPT))
+        box = page.evaluate(f"{PHRASE_BOX_SCRIPT}({json.dumps('Answer')})")
+        page.drag(box["x0"], box["x1"], box["y"])
+        page.wait_for(f"{REGIONS_SCRIPT}.length > {len(expected)}")
+        regions = json.loads(page.evaluate(f"JSON.stringify({REGIONS_SCRIPT})"))
+        page.screenshot(ARTIFACTS / "labelling-page-selection.png")
     assert sorted(set(drawn)) == expected
+    selected = [r["value"] for r in regions if r["value"]["text"] == "Answer"]
+    assert selected == [{"start": person, "end": person + 6, "text": "Answer", "labels": [EFFECT]}]
 
 
 # The text of every highlighted region on the page (Label Studio draws Text regions as spans
@@ -172,3 +183,46 @@ HIGHLIGHTS_SCRIPT = """(() => {
   }
   return Array.from(found.values());
 })()"""
+
+# The centre of the Effect label button of the labelling interface.
+EFFECT_BUTTON_SCRIPT = """(() => {
+  const label = Array.from(document.querySelectorAll('span.lsf-label'))
+    .find(e => e.querySelector('.lsf-label__text')?.textContent === 'Effect');
+  const r = label.getBoundingClientRect();
+  return [r.left + r.width / 2, r.top + r.height / 2];
+})()"""
+
+# Page coordinates of a phrase inside the task's text (the element holding the highlights).
+PHRASE_BOX_SCRIPT = """((phrase) => {
+  const docs = [[document, 0, 0]];
+  for (const f of document.querySelectorAll('iframe')) {
+    try {
+      const r = f.getBoundingClientRect();
+      if (f.contentDocument) docs.push([f.contentDocument, r.left, r.top]);
+    } catch (e) {}
+  }
+  for (const [doc, dx, dy] of docs) {
+    const mark = doc.querySelector('span.htx-highlight');
+    if (!mark) continue;
+    let root = mark.parentElement;
+    while (root && !root.textContent.includes(phrase)) root = root.parentElement;
+    if (!root) continue;
+    const walker = doc.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const at = node.data.indexOf(phrase);
+      if (at < 0) continue;
+      const range = doc.createRange();
+      range.setStart(node, at);
+      range.setEnd(node, at + phrase.length);
+      const rects = range.getClientRects();
+      const first = rects[0], last = rects[rects.length - 1];
+      const y = first.top + dy + first.height / 2;
+      return {x0: first.left + dx + 1, y: y, x1: last.right + dx - 1};
+    }
+  }
+  return null;
+})"""
+
+# The labels regions of the annotation on screen, as Label Studio will submit them.
+REGIONS_SCRIPT = """window.Htx.annotationStore.selected.serializeAnnotation()
+  .filter(r => r.type === 'labels')"""
