@@ -136,3 +136,22 @@ def test_glm4_and_gpt4o_labels_agree_as_the_issue_says(reference_data: Path) -> 
     voted = aggregate([Source(name="glm", rows=glm), Source(name="gpt4o", rows=gpt4o)])
     # two voters: a pair survives only when both chose it, so the vote is the intersection
     assert sum(len(pairs(r.relations)) for r in voted) == score.exact.matched_pred
+
+
+def test_cli_weighs_sources_by_their_precision_on_reviewed_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = DatasetStore(tmp_path / "store")
+    other = rows()[1]
+    store.write("careful", [relabel(EMOJI, A, B), other])
+    store.write("sloppy", [relabel(EMOJI, C), other])
+    human = relabel(EMOJI, A, B).model_copy(
+        update={"annotation": EMOJI.annotation.model_copy(update={"annotator": "human"})}
+    )
+    store.write("reviewed", [human, other])  # `other` is not human-reviewed: not counted
+    root = str(store.root)
+    command = ["review", "aggregate", "voted", "careful", "sloppy", "--weigh-by", "reviewed"]
+    assert main([*command, "--store", root]) == 0
+    assert "weights: careful=1.000, sloppy=0.000" in capsys.readouterr().out
+    voted = {row.id: row for row in store.read("voted")}
+    assert pairs(voted[EMOJI.id].relations) == pairs(human.relations)
