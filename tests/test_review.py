@@ -308,6 +308,8 @@ def test_a_reviewed_quarantined_row_leaves_the_quarantine(tmp_path: Path) -> Non
     store.write("mix", [good], [failure])
     out = tmp_path / "tasks.json"
     assert export_review(store, "mix", None, out, quarantine=True).rows == 1
+    with pytest.raises(ConfigError, match="drop the @VERSION"):
+        export_review(store, "mix", 0, out, quarantine=True)
     tasks = json.loads(out.read_text(encoding="utf-8"))
     assert tasks[0]["predictions"][0]["result"] == []
     reviewed = prediction_result(stuck)  # the reviewer draws the relations from scratch
