@@ -183,14 +183,14 @@ def _reviewed_row(
     assert annotation is not None
     data = task.data
     meta = current.meta if current is not None else Meta()
-    extra = {
-        **meta.extra,
-        "review_reviewer": annotation.reviewer,
-        "review_ls_project": str(task.project or ""),
-        "review_ls_task": str(task.id),
-        "review_ls_annotation": str(annotation.id),
-        "review_of_version": str(data.cattune_version),
-    }
+    values = (
+        annotation.reviewer,
+        str(task.project or ""),
+        str(task.id),
+        str(annotation.id),
+        str(data.cattune_version),
+    )
+    extra = {**meta.extra, **dict(zip(REVIEW_KEYS, values, strict=True))}
     provenance = Annotation(
         annotator=HUMAN,
         annotator_version=REVIEW_VERSION,
