@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up Label Studio in its own virtual environment (./.venv-labelstudio by default): its Django
-# pins clash with Prefect's. Idempotent: reinstalls only when this script or its constraints change.
+# pins clash with Prefect's. Idempotent (reinstalls only when this script or its constraints change)
+# and safe to run twice at once (the second waits for the first).
 # Prints the path of the label-studio executable on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,9 @@ VENV="${CATTUNE_LABELSTUDIO_VENV:-.venv-labelstudio}"
 constraints="scripts/labelstudio-constraints.txt"
 stamp="$VENV/.cattune-installed"
 
+# One install at a time: CI starts this script in the background and the test calls it again.
+exec 9>"$VENV.lock"
+flock 9
 want="$(cat scripts/setup_labelstudio.sh "$constraints" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     if [ ! -x "$VENV/bin/python" ]; then
