@@ -293,4 +293,4 @@ def test_default_root_is_under_cattune_home(
     store = DatasetStore()
     assert store.root == str(tmp_path / "home" / "store")
     store.write("d", [row(0)])
-    assert (tmp_path / "home" / "store" / "d" / "rows" / "_delta_log").is_dir()
+    assert (tmp_path / "home" / "store" / "d" / "table" / "_delta_log").is_dir()
