@@ -136,6 +136,37 @@ def test_cli_on_s3(bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no dataset 'missing'" in capsys.readouterr().err
 
 
+@pytest.mark.prefect
+def test_annotate_flow_into_s3(
+    prefect_harness: None, reference_data: Path, bucket: str, tmp_path: Path
+) -> None:
+    """The authors' STG file through the real annotate flow into an s3:// store, twice."""
+    from cattune.flows.annotate import annotate_flow
+
+    full = (reference_data / "STG" / "spurious_token_game_train3_S.jsonl").read_text().splitlines()
+    first = tmp_path / "stg_a.jsonl"
+    first.write_text("\n".join(full[:60]) + "\n{broken json\n")
+    root = f"s3://{bucket}/flows"
+    summary = annotate_flow(
+        str(first), "stg", annotator="given", format="cat", store=root, shard_size=20
+    )
+    assert (summary.version, summary.rows_read, summary.rows_malformed) == (0, 61, 1)
+    second = tmp_path / "stg_b.jsonl"
+    second.write_text("\n".join(full[:90]) + "\n")
+    again = annotate_flow(
+        str(second), "stg", annotator="given", format="cat", store=root, shard_size=20
+    )
+    assert again.version == 1
+    assert again.rows_annotated + again.rows_quarantined + again.rows_skipped == 90
+
+    store = DatasetStore(root)
+    history = store.history("stg")
+    assert [c.lineage.flow_run_id for c in history] == [summary.flow_run_id, again.flow_run_id]
+    assert len(store.read("stg", 0)) == summary.rows_annotated
+    assert len(store.read("stg")) == summary.rows_annotated + again.rows_annotated
+    assert any(q.error.startswith("stg_a.jsonl:61:") for q in store.quarantine("stg", 0))
+
+
 WRITERS, WRITES = 4, 3
 
 
