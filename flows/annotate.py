@@ -3,11 +3,14 @@
 Steps: read and normalise the source (malformed rows are quarantined with their reason), drop rows
 already annotated under the annotator's ``config_hash`` (incremental runs), annotate the rest in
 shards as Prefect tasks (``.map`` over shards, retried on errors that are not the user's), then
-commit everything as one store write and publish a Markdown artifact.
+commit everything as one store write (one Delta commit: annotated and quarantined rows together)
+and publish a Markdown artifact. The body only orchestrates: reading, the incremental-skip query,
+source hashing, lineage, annotation and the commit are tasks.
 
-Nothing is written to the store until every shard is done, so a run killed half-way leaves the
-dataset at its last version; re-running resumes (already-annotated rows are skipped, and the LLM
-annotator's on-disk cache answers the requests that had been answered).
+Nothing is written to the store until every shard is done, and the write is a single commit, so a
+run killed at any point leaves the dataset at its last version; re-running resumes
+(already-annotated rows are skipped, and the LLM annotator's on-disk cache answers the requests
+that had been answered).
 """
 
 from __future__ import annotations
@@ -177,15 +180,50 @@ def annotate_shard(
     return results
 
 
+@task(name="skip-done", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def skip_done(
+    store: DatasetStore, dataset: str, config_hash: str, examples: list[Example]
+) -> list[Example]:
+    """The examples not yet annotated under ``config_hash`` (incremental runs)."""
+    done = store.annotated_ids(dataset, config_hash, include_final_quarantine=True)
+    return [e for e in examples if e.id not in done]
+
+
+@task(name="hash-source", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def hash_source(source: str) -> str:
+    return source_sha256(source)
+
+
+@task(name="lineage", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def run_lineage(
+    source: str, digest: str, kind: str, pack: str | None, options: dict, rows_skipped: int
+) -> Lineage:
+    """What this run's commit records: annotator identity, source and its hash, the run id."""
+    labeller = annotator_for(kind, pack, options)
+    return Lineage(
+        flow_run_id=_flow_run_id(),
+        annotator=labeller.name,
+        annotator_version=labeller.version,
+        model=getattr(labeller, "model", None),
+        pack=_pack_name(labeller, pack),
+        pack_hash=_pack_hash(labeller),
+        config_hash=labeller.config_hash(),
+        source=str(Path(source).resolve()),
+        source_sha256=digest,
+        rows_skipped=rows_skipped,
+    )
+
+
 @task(name="commit-version", cache_policy=NO_CACHE)
 def commit_version(
-    store_root: str | None,
+    store: DatasetStore,
     dataset: str,
     rows: list[AnnotatedExample],
     quarantined: list[QuarantinedExample],
     lineage: Lineage,
 ) -> tuple[int, bool]:
-    result = DatasetStore(store_root).write(dataset, rows, quarantined, lineage)
+    """One store write: the run's rows and quarantine land in one Delta commit."""
+    result = store.write(dataset, rows, quarantined, lineage)
     return result.version, result.committed
 
 
@@ -226,8 +264,9 @@ def annotate_flow(
     labeller = annotator_for(annotator, pack, options)
     config_hash = labeller.config_hash()
     examples, malformed, read = load_source(source, format, prompt_field, completion_field)
-    done = DatasetStore(store).annotated_ids(dataset, config_hash, include_final_quarantine=True)
-    pending = [e for e in examples if e.id not in done]
+    digest = hash_source.submit(source)
+    datasets = DatasetStore(store)
+    pending = skip_done(datasets, dataset, config_hash, examples)
     logger.info(
         "%s: %d rows read, %d malformed, %d already annotated with config %s, %d to annotate",
         source,
@@ -247,27 +286,17 @@ def annotate_flow(
         unmapped(pack),
         unmapped(options),
     )
+    skipped = len(examples) - len(pending)
+    lineage = run_lineage(source, digest.result(), annotator, pack, options, skipped)
     results = [result for shard in futures.result() for result in shard]
     rows = [r for r in results if isinstance(r, AnnotatedExample)]
     quarantined = [*malformed, *(r for r in results if isinstance(r, QuarantinedExample))]
-    lineage = Lineage(
-        flow_run_id=_flow_run_id(),
-        annotator=labeller.name,
-        annotator_version=labeller.version,
-        model=getattr(labeller, "model", None),
-        pack=_pack_name(labeller, pack),
-        pack_hash=_pack_hash(labeller),
-        config_hash=config_hash,
-        source=str(Path(source).resolve()),
-        source_sha256=source_sha256(source),
-        rows_skipped=len(examples) - len(pending),
-    )
     version: int | None = None
     committed = False
     if rows or quarantined:
-        version, committed = commit_version(store, dataset, rows, quarantined, lineage)
-    elif DatasetStore(store).exists(dataset):
-        version = DatasetStore(store).version(dataset)
+        version, committed = commit_version(datasets, dataset, rows, quarantined, lineage)
+    elif datasets.exists(dataset):
+        version = datasets.version(dataset)
     summary = AnnotateSummary(
         dataset=dataset,
         version=version,

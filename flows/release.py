@@ -36,15 +36,15 @@ def release_flow(
     datasets = DatasetStore(store)
     ref = parse_version(version) if isinstance(version, str) else version
     number = datasets.resolve_version(dataset, ref)
-    out = Path(out_dir) if out_dir else default_release_dir(dataset, number)
-    if out_dir is None and (out / "manifest.json").is_file():
+    out = out_dir or str(default_release_dir(dataset, number))
+    if out_dir is None and (Path(out) / "manifest.json").is_file():
         manifest = verify_release(out)
         if manifest.dataset != dataset or manifest.version != number:
             raise StoreError(
                 f"{out} holds {manifest.dataset}@{manifest.version}, not {dataset}@{number}"
             )
         logger.info("reusing the intact release %s", out)
-        return str(out)
+        return out
     manifest = make_release(datasets, dataset, number, out, shard_rows=shard_rows)
     rows = ", ".join(
         f"{split}: {count}" for split, count in sorted(manifest.rows_per_split.items())
@@ -58,4 +58,4 @@ def release_flow(
         description=f"release {dataset}@{number}",
     )
     logger.info("released %s@%d to %s (%s)", dataset, number, out, rows)
-    return str(out)
+    return out

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 from pydantic import ValidationError
 
 from cattune.pipeline.names import Version
@@ -46,41 +47,24 @@ def make_release(
 ) -> ReleaseManifest:
     """Snapshot ``name`` at ``version`` (None = latest) into ``out_dir``, which must not exist.
 
-    The release is assembled in a temporary sibling directory and renamed into place, so an
-    interrupted run leaves no partial release behind. Files are made read-only.
+    A local release is assembled in a temporary sibling directory and renamed into place, so an
+    interrupted run leaves no partial release behind; its files are made read-only. ``out_dir``
+    may be a URL (``s3://bucket/prefix``): the release is assembled locally, then its data files
+    are uploaded and ``manifest.json`` last, so a prefix without a manifest is never a release.
     """
     if shard_rows < 1:
         raise StoreError(f"shard_rows must be at least 1, got {shard_rows}")
+    if is_url(out_dir):
+        return _release_to_url(store, name, version, str(out_dir), shard_rows)
     out = Path(out_dir).expanduser().resolve()
     if out.exists():
         raise StoreError(
             f"release directory {out} already exists; releases are immutable, pick a new --out"
         )
-    number = store.resolve_version(name, version)
-    table = store.read_table(name, number)
-    if table.num_rows == 0:
-        raise StoreError(f"dataset {name!r} version {number} has no rows to release")
-    splits = pc.fill_null(pc.struct_field(table.column("meta"), "split"), DEFAULT_SPLIT)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        files = _write_splits(table, splits, staging, shard_rows)
-        lineage = [
-            {k: str(v) for k, v in commit.lineage.model_dump(exclude_none=True).items()}
-            | {"version": str(commit.version), "timestamp": commit.timestamp.isoformat()}
-            for commit in store.history(name)
-            if commit.version <= number and commit.lineage is not None
-        ]
-        manifest = ReleaseManifest(
-            dataset=name,
-            version=number,
-            rows_per_split={f.split: 0 for f in files},
-            files=files,
-            lineage=lineage,
-        )
-        for item in files:
-            manifest.rows_per_split[item.split] += item.rows
-        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+        manifest = _assemble(store, name, version, staging, shard_rows)
         for path in staging.rglob("*"):
             if path.is_file():
                 path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -89,8 +73,80 @@ def make_release(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("released %s version %d to %s (%s)", name, number, out, manifest.rows_per_split)
+    log.info(
+        "released %s version %d to %s (%s)", name, manifest.version, out, manifest.rows_per_split
+    )
     return manifest
+
+
+def is_url(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def _assemble(
+    store: DatasetStore, name: str, version: Version, root: Path, shard_rows: int
+) -> ReleaseManifest:
+    """Write the data files and manifest of one release into the empty directory ``root``."""
+    number = store.resolve_version(name, version)
+    table = store.read_table(name, number)
+    if table.num_rows == 0:
+        raise StoreError(f"dataset {name!r} version {number} has no rows to release")
+    splits = pc.fill_null(pc.struct_field(table.column("meta"), "split"), DEFAULT_SPLIT)
+    files = _write_splits(table, splits, root, shard_rows)
+    lineage = [
+        {k: str(v) for k, v in commit.lineage.model_dump(exclude_none=True).items()}
+        | {"version": str(commit.version), "timestamp": commit.timestamp.isoformat()}
+        for commit in store.history(name)
+        if commit.version <= number and commit.lineage is not None
+    ]
+    manifest = ReleaseManifest(
+        dataset=name,
+        version=number,
+        rows_per_split={f.split: 0 for f in files},
+        files=files,
+        lineage=lineage,
+    )
+    for item in files:
+        manifest.rows_per_split[item.split] += item.rows
+    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return manifest
+
+
+def _release_to_url(
+    store: DatasetStore, name: str, version: Version, url: str, shard_rows: int
+) -> ReleaseManifest:
+    filesystem, base = _filesystem(url)
+    base = base.rstrip("/")
+    found = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    if found:
+        partial = all(info.base_name != MANIFEST for info in found)
+        raise StoreError(
+            f"release location {url} already holds "
+            + ("a partial upload (no manifest.json): delete it or " if partial else "a release; ")
+            + "releases are immutable, pick a new --out"
+        )
+    with tempfile.TemporaryDirectory(prefix="cattune-release-") as staging:
+        root = Path(staging)
+        manifest = _assemble(store, name, version, root, shard_rows)
+        local = pafs.LocalFileSystem()
+        for item in [*(f.path for f in manifest.files), MANIFEST]:  # the manifest goes last
+            pafs.copy_files(
+                str(root / item),
+                f"{base}/{item}",
+                source_filesystem=local,
+                destination_filesystem=filesystem,
+            )
+    log.info(
+        "released %s version %d to %s (%s)", name, manifest.version, url, manifest.rows_per_split
+    )
+    return manifest
+
+
+def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(url)
+    except (OSError, pa.ArrowException) as error:
+        raise StoreError(f"cannot open {url}: {error}") from None
 
 
 def _write_splits(
@@ -162,13 +218,29 @@ def verify_release(release_dir: str | Path) -> ReleaseManifest:
 
     Checks that every listed path stays inside ``data/``, every file exists with its sha256, no
     file is unlisted, and the row counts (per file and per split) agree with the Parquet files.
+    A release at a URL is downloaded to a temporary directory first (every byte is hashed anyway).
     """
-    manifest = load_manifest(release_dir)
-    problems = manifest.problems(release_dir)
+    if is_url(release_dir):
+        filesystem, base = _filesystem(str(release_dir))
+        with tempfile.TemporaryDirectory(prefix="cattune-verify-") as staging:
+            if filesystem.get_file_info(base).type == pafs.FileType.Directory:
+                pafs.copy_files(
+                    base,
+                    staging,
+                    source_filesystem=filesystem,
+                    destination_filesystem=pafs.LocalFileSystem(),
+                )
+            return _verify_local(Path(staging), str(release_dir))
+    return _verify_local(Path(release_dir), str(release_dir))
+
+
+def _verify_local(root: Path, name: str) -> ReleaseManifest:
+    if not (root / MANIFEST).is_file():
+        raise StoreError(f"{name} is not a release: {MANIFEST} is missing")
+    manifest = load_manifest(root)
+    problems = manifest.problems(root)
     if not problems:
-        problems = _row_counts(manifest, Path(release_dir))
+        problems = _row_counts(manifest, root)
     if problems:
-        raise StoreError(
-            f"release {release_dir} does not match its manifest: " + "; ".join(problems)
-        )
+        raise StoreError(f"release {name} does not match its manifest: " + "; ".join(problems))
     return manifest

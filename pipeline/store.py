@@ -1,14 +1,20 @@
-"""The versioned dataset store: one Delta table of contract rows per dataset.
+"""The versioned dataset store: one Delta table per dataset, every run one commit.
 
 Layout under the store root (a local directory, or any URL deltalake supports)::
 
-    <root>/<name>/rows/         Delta table of AnnotatedExample rows (the dataset's versions)
-    <root>/<name>/quarantine/   Delta table of QuarantinedExample rows (unresolved failures)
+    <root>/<name>/table/   Delta table of every row, ``status`` = "annotated" or "quarantined"
 
-Every write is one commit per table, upserted by id through a Delta ``merge``; the commit's custom
-metadata carries the lineage (``cattune.*`` keys). A merge fails when another writer committed new
-data meanwhile; the store re-runs it (it is an idempotent upsert) a bounded number of times, so a
-version never holds two rows with one id and the table is never left half-written.
+Annotated rows carry the contract's ``AnnotatedExample`` fields; quarantined rows the
+``QuarantinedExample`` fields (``error``, ``raw_output``, ``retryable``). An id has at most one
+row of each status. A write is one Delta ``merge`` keyed on (id, status): new rows are inserted,
+rows with a known (id, status) are replaced, and the quarantined row of an id that now annotates
+is deleted, all in **one commit**, so a write is never half-visible. The commit's custom metadata
+carries the lineage (``cattune.*`` keys). A merge fails when another writer committed new data
+meanwhile; the store re-runs it (it is an idempotent upsert) a bounded number of times, so a
+version never holds two rows with one id and status.
+
+Stores written before this layout (``<name>/rows`` + ``<name>/quarantine``, two commits a write)
+are refused with a message naming ``cattune datasets migrate``; see ``store_migrate``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from pydantic import BaseModel, Field
 
 from cattune.pipeline.names import Version, validate_name
 from cattune.schemas import (
+    ANNOTATED_SCHEMA,
+    QUARANTINE_SCHEMA,
     AnnotatedExample,
     QuarantinedExample,
     StoreError,
@@ -42,7 +50,23 @@ from cattune.schemas import (
 log = logging.getLogger(__name__)
 
 LINEAGE_PREFIX = "cattune."
+TABLE = "table"
+LEGACY_ROWS, LEGACY_QUARANTINE = "rows", "quarantine"
+ANNOTATED, QUARANTINED = "annotated", "quarantined"
+STATUS = "status"
+COMMITTED_AT = f"{LINEAGE_PREFIX}committed_at"
+IS_ANNOTATED, IS_QUARANTINED = f"{STATUS} = '{ANNOTATED}'", f"{STATUS} = '{QUARANTINED}'"
 _RESOLVED = "_cattune_resolved"
+
+STORE_SCHEMA = pa.schema(
+    [
+        pa.field(STATUS, pa.string(), nullable=False),
+        *ANNOTATED_SCHEMA,
+        *(f.with_nullable(True) for f in QUARANTINE_SCHEMA if f.name not in ANNOTATED_SCHEMA.names),
+    ],
+    metadata=ANNOTATED_SCHEMA.metadata,
+)
+"""Both contract schemas in one table: the annotated fields, then the quarantine-only ones."""
 
 
 def _damaged(uri: str, error: BaseException) -> StoreError:
@@ -68,7 +92,11 @@ class Lineage(BaseModel):
     rows_annotated: int = 0
     rows_quarantined: int = 0
     rows_skipped: int = 0
-    quarantine_version: int | None = None
+    rows_inserted: int | None = Field(None, description="annotated ids new to the dataset")
+    rows_updated: int | None = Field(None, description="annotated ids that replaced a row")
+    quarantine_version: int | None = Field(
+        None, description="only in commits of the two-table layout: the quarantine table version"
+    )
     write_id: str | None = None
 
     def to_metadata(self) -> dict[str, str]:
@@ -98,8 +126,10 @@ class Commit(BaseModel):
 
 class WriteResult(BaseModel):
     dataset: str
-    version: int = Field(description="the rows table version this write produced (or found)")
-    quarantine_version: int | None = None
+    version: int = Field(description="the version this write produced (or found)")
+    quarantine_version: int | None = Field(
+        None, description="the version holding this write's quarantined rows (= version)"
+    )
     inserted: int = 0
     updated: int = 0
     quarantined: int = 0
@@ -135,6 +165,14 @@ def _dedupe(records: Iterable[Any]) -> list[Any]:
     return list(by_id.values())
 
 
+def migrate_hint(name: str, root: str) -> str:
+    return (
+        f"dataset {name!r} in {root} uses the two-table layout of earlier cattune versions "
+        f"(rows/ + quarantine/); run `cattune datasets migrate {name} --store {root}` once "
+        "(it keeps every version number and leaves the old tables in place)"
+    )
+
+
 class DatasetStore:
     """Versioned datasets under one root; see the module docstring for the layout."""
 
@@ -154,22 +192,37 @@ class DatasetStore:
 
     # -- locations ---------------------------------------------------------------------------
 
-    def uri(self, name: str, table: str = "rows") -> str:
+    def uri(self, name: str, table: str = TABLE) -> str:
         validate_name(name)
         return f"{self.root}/{name}/{table}"
 
     def exists(self, name: str) -> bool:
+        self._refuse_legacy(name)
         return DeltaTable.is_deltatable(self.uri(name))
 
-    def _table(self, name: str, table: str = "rows") -> DeltaTable:
-        uri = self.uri(name, table)
+    def is_legacy(self, name: str) -> bool:
+        """True if ``name`` is still (or only partly migrated from) the two-table layout."""
+        legacy = self.uri(name, LEGACY_ROWS)
+        if not DeltaTable.is_deltatable(legacy):
+            return False
+        current = self.uri(name)
+        if not DeltaTable.is_deltatable(current):
+            return True
+        return DeltaTable(current).version() < DeltaTable(legacy).version()
+
+    def _refuse_legacy(self, name: str) -> None:
+        if self.is_legacy(name):
+            raise StoreError(migrate_hint(name, self.root))
+
+    def _table(self, name: str) -> DeltaTable:
+        uri = self.uri(name)
         if not DeltaTable.is_deltatable(uri):
-            if table == "rows":
-                raise StoreError(
-                    f"no dataset {name!r} in the store at {self.root} "
-                    "(`cattune datasets list --store ROOT` shows what exists)"
-                )
-            raise StoreError(f"dataset {name!r} has no quarantine table")
+            self._refuse_legacy(name)
+            raise StoreError(
+                f"no dataset {name!r} in the store at {self.root} "
+                "(`cattune datasets list --store ROOT` shows what exists)"
+            )
+        self._refuse_legacy(name)
         try:
             return DeltaTable(uri)
         except (DeltaError, OSError) as error:
@@ -184,29 +237,23 @@ class DatasetStore:
         quarantined: Sequence[QuarantinedExample] = (),
         lineage: Lineage | None = None,
     ) -> WriteResult:
-        """Upsert rows by id (one commit), and their failures into the quarantine table.
+        """Upsert rows and failures by id in one commit; annotated ids leave the quarantine.
 
-        Rows that annotate successfully leave the quarantine. With nothing to change, no commit is
-        made and the current version is returned with ``committed=False``.
+        With nothing to write to an existing dataset, no commit is made and the current version
+        is returned with ``committed=False``.
         """
         validate_name(name)
+        self._refuse_legacy(name)
         rows = _dedupe(rows)
         row_ids = {row.id for row in rows}
         quarantined = [q for q in _dedupe(quarantined) if q.id not in row_ids]
         lineage = (lineage or Lineage()).model_copy()
         lineage.rows_annotated = len(rows)
         lineage.rows_quarantined = len(quarantined)
-
-        quarantine_version = None
-        if quarantined or (rows and DeltaTable.is_deltatable(self.uri(name, "quarantine"))):
-            quarantine_table = _quarantine_source(rows, quarantined)
-            quarantine_version, _, _ = self._upsert(
-                name, "quarantine", quarantine_table, lineage.to_metadata(), quarantine=True
-            )
-        lineage.quarantine_version = quarantine_version
-
-        table = to_table(rows, AnnotatedExample)
-        version, inserted, updated = self._upsert(name, "rows", table, lineage.to_metadata())
+        source = merge_source(
+            to_table(rows, AnnotatedExample), to_table(quarantined, QuarantinedExample)
+        )
+        version, inserted, updated = self._upsert(name, source, pa.array(sorted(row_ids)), lineage)
         committed = version is not None
         if version is None:
             version = self._table(name).version()
@@ -223,7 +270,7 @@ class DatasetStore:
         return WriteResult(
             dataset=name,
             version=version,
-            quarantine_version=quarantine_version,
+            quarantine_version=version if quarantined and committed else None,
             inserted=inserted,
             updated=updated,
             quarantined=len(quarantined),
@@ -231,53 +278,48 @@ class DatasetStore:
         )
 
     def _upsert(
-        self,
-        name: str,
-        kind: str,
-        source: pa.Table,
-        metadata: dict[str, str],
-        *,
-        quarantine: bool = False,
+        self, name: str, source: pa.Table, row_ids: pa.Array, lineage: Lineage
     ) -> tuple[int | None, int, int]:
         """Create the table or merge into it; returns (new version or None, inserted, updated)."""
-        uri = self.uri(name, kind)
-        properties = CommitProperties(custom_metadata=metadata)
+        uri = self.uri(name)
         for attempt in range(self.max_retries + 1):
             if not DeltaTable.is_deltatable(uri):
-                initial = source.filter(pc.invert(source[_RESOLVED])) if quarantine else source
-                if quarantine:
-                    initial = initial.drop_columns([_RESOLVED])
+                initial = source.filter(pc.invert(source[_RESOLVED])).drop_columns([_RESOLVED])
+                lineage.rows_inserted, lineage.rows_updated = len(row_ids), 0
                 # No commit retries: if another writer created version 0 meanwhile, delta-rs
                 # would otherwise land this as a blind append (duplicate ids); merge instead.
-                creating = CommitProperties(custom_metadata=metadata, max_commit_retries=0)
+                creating = CommitProperties(
+                    custom_metadata=lineage.to_metadata(), max_commit_retries=0
+                )
                 try:
                     write_deltalake(uri, initial, mode="error", commit_properties=creating)
-                    return 0, initial.num_rows, 0
+                    return 0, len(row_ids), 0
                 except (CommitFailedError, DeltaError) as error:
                     if not DeltaTable.is_deltatable(uri):
                         raise StoreError(f"cannot create dataset table at {uri}: {error}") from None
                     log.info("table %s was created concurrently; merging instead", uri)
                     continue
+            if source.num_rows == 0:
+                return None, 0, 0
             table = DeltaTable(uri)
-            before = table.version()
-            merger = table.merge(
-                source,
-                "t.id = s.id",
-                source_alias="s",
-                target_alias="t",
-                commit_properties=properties,
-            )
-            if quarantine:
-                columns = {col: f"s.{col}" for col in source.column_names if col != _RESOLVED}
-                merger = (
-                    merger.when_matched_delete(predicate=f"s.{_RESOLVED}")
-                    .when_matched_update(updates=columns, predicate=f"NOT s.{_RESOLVED}")
-                    .when_not_matched_insert(updates=columns, predicate=f"NOT s.{_RESOLVED}")
+            updated = self._count_annotated(table, row_ids)
+            lineage.rows_inserted, lineage.rows_updated = len(row_ids) - updated, updated
+            columns = {col: f"s.{col}" for col in STORE_SCHEMA.names}
+            merger = (
+                table.merge(
+                    source,
+                    f"t.id = s.id AND t.{STATUS} = s.{STATUS}",
+                    source_alias="s",
+                    target_alias="t",
+                    commit_properties=CommitProperties(custom_metadata=lineage.to_metadata()),
                 )
-            else:
-                merger = merger.when_matched_update_all().when_not_matched_insert_all()
+                .when_matched_delete(predicate=f"s.{_RESOLVED}")
+                .when_matched_update(updates=columns, predicate=f"NOT s.{_RESOLVED}")
+                .when_not_matched_insert(updates=columns, predicate=f"NOT s.{_RESOLVED}")
+            )
+            before = table.version()
             try:
-                metrics = merger.execute()
+                merger.execute()
             except CommitFailedError as error:
                 if attempt == self.max_retries:
                     raise StoreError(
@@ -288,22 +330,29 @@ class DatasetStore:
                 time.sleep(self.retry_delay * (2**attempt))
                 continue
             after = table.version()
-            return (
-                after if after != before else None,
-                int(metrics.get("num_target_rows_inserted", 0)),
-                int(metrics.get("num_target_rows_updated", 0)),
-            )
+            return (after if after != before else None), len(row_ids) - updated, updated
         raise AssertionError("unreachable")
 
+    def _count_annotated(self, table: DeltaTable, ids: pa.Array) -> int:
+        """How many of ``ids`` the table holds as annotated rows (streamed, not loaded whole)."""
+        if len(ids) == 0:
+            return 0
+        query = f"SELECT id FROM t WHERE {IS_ANNOTATED}"
+        try:
+            reader = QueryBuilder().register("t", table).execute(query)
+            return sum(
+                pc.sum(pc.is_in(pa.record_batch(batch).column(0).cast(pa.string()), ids)).as_py()
+                or 0
+                for batch in reader
+            )
+        except Exception as error:  # deltalake / DataFusion raise several unrelated types here
+            raise _damaged(table.table_uri, error) from None
+
     def _check_unique(self, name: str, version: int) -> None:
-        """A version must never hold two rows with one id."""
+        """A version must never hold two rows with one id and status."""
         table = DeltaTable(self.uri(name), version=version)
-        result = (
-            QueryBuilder()
-            .register("t", table)
-            .execute("SELECT id FROM t GROUP BY id HAVING count(*) > 1 LIMIT 5")
-            .read_all()
-        )
+        query = f"SELECT id FROM t GROUP BY id, {STATUS} HAVING count(*) > 1 LIMIT 5"
+        result = QueryBuilder().register("t", table).execute(query).read_all()
         duplicates = pa.table(result).column("id").to_pylist()
         if duplicates:
             raise StoreError(
@@ -320,8 +369,8 @@ class DatasetStore:
         """The version number a reference (None = latest, a number, or a timestamp) points at."""
         return self._resolve(name, version).version()
 
-    def _resolve(self, name: str, version: Version, kind: str = "rows") -> DeltaTable:
-        table = self._table(name, kind)
+    def _resolve(self, name: str, version: Version) -> DeltaTable:
+        table = self._table(name)
         if version is None:
             return table
         if isinstance(version, datetime):
@@ -345,32 +394,33 @@ class DatasetStore:
         return table
 
     @staticmethod
-    def _scan(table: DeltaTable, columns: str = "*") -> pa.Table:
+    def _scan(table: DeltaTable, columns: str = "*", where: str | None = None) -> pa.Table:
         # QueryBuilder, not to_pyarrow_table(): the latter can abort the interpreter at exit.
+        # Filters go into the SQL: after a merge, strings come back as string_view, which
+        # pyarrow's filter kernels reject.
+        condition = f" WHERE {where}" if where else ""
         try:
             query = QueryBuilder().register("t", table)
-            result = query.execute(f"SELECT {columns} FROM t").read_all()
+            result = query.execute(f"SELECT {columns} FROM t{condition}").read_all()
         except Exception as error:  # deltalake / DataFusion raise several unrelated types here
             raise _damaged(table.table_uri, error) from None
         return pa.table(result)
 
     def read_table(self, name: str, version: Version = None) -> pa.Table:
-        """The rows of one version as an Arrow table with the contract schema, sorted by id."""
-        table = conform(self._scan(self._resolve(name, version)), AnnotatedExample)
-        return table.sort_by("id")
+        """The annotated rows of one version as an Arrow table with the contract schema, by id."""
+        table = self._scan(self._resolve(name, version), where=IS_ANNOTATED)
+        return conform(table, AnnotatedExample).sort_by("id")
 
     def read(self, name: str, version: Version = None) -> list[AnnotatedExample]:
         return from_table(self.read_table(name, version), AnnotatedExample)
 
     def quarantine_table(self, name: str, version: Version = None) -> pa.Table:
-        self._table(name)
-        if not DeltaTable.is_deltatable(self.uri(name, "quarantine")):
-            return to_table([], QuarantinedExample)
-        table = self._resolve(name, version, "quarantine")
-        return conform(self._scan(table), QuarantinedExample).sort_by("id")
+        """The quarantined rows of one version (the same version numbers as ``read``)."""
+        table = self._scan(self._resolve(name, version), where=IS_QUARANTINED)
+        return conform(table, QuarantinedExample).sort_by("id")
 
     def quarantine(self, name: str, version: Version = None) -> list[QuarantinedExample]:
-        """Rows that failed and were not annotated since (``version`` of the quarantine table)."""
+        """Rows that failed and were not annotated since, as of ``version``."""
         return from_table(self.quarantine_table(name, version), QuarantinedExample)
 
     @staticmethod
@@ -378,16 +428,22 @@ class DatasetStore:
         commits = []
         for entry in table.history():
             metrics = entry.get("operationMetrics") or {}
+            lineage = Lineage.from_metadata(entry)
+            inserted = metrics.get("num_target_rows_inserted", metrics.get("num_added_rows", 0))
+            updated = metrics.get("num_target_rows_updated", 0)
+            if lineage is not None and lineage.rows_inserted is not None:
+                inserted, updated = lineage.rows_inserted, lineage.rows_updated or 0
+            moment = datetime.fromtimestamp(entry["timestamp"] / 1000, tz=UTC)
+            if COMMITTED_AT in entry:  # a migrated commit keeps its original time
+                moment = datetime.fromisoformat(entry[COMMITTED_AT])
             commits.append(
                 Commit(
                     version=entry["version"],
-                    timestamp=datetime.fromtimestamp(entry["timestamp"] / 1000, tz=UTC),
+                    timestamp=moment,
                     operation=entry.get("operation", ""),
-                    inserted=int(
-                        metrics.get("num_target_rows_inserted", metrics.get("num_added_rows", 0))
-                    ),
-                    updated=int(metrics.get("num_target_rows_updated", 0)),
-                    lineage=Lineage.from_metadata(entry),
+                    inserted=int(inserted),
+                    updated=int(updated),
+                    lineage=lineage,
                 )
             )
         return sorted(commits, key=lambda c: c.version)
@@ -396,7 +452,8 @@ class DatasetStore:
         """Every version of the dataset, oldest first, with its lineage."""
         return self._commits(self._table(name))
 
-    def names(self) -> builtins.list[str]:
+    def names(self, *, legacy: bool = False) -> builtins.list[str]:
+        """Dataset names in the store (with ``legacy``, those still in the two-table layout)."""
         filesystem, base = pafs.FileSystem.from_uri(self.root)
         try:
             entries = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
@@ -406,9 +463,13 @@ class DatasetStore:
         for entry in entries:
             if entry.type != pafs.FileType.Directory:
                 continue
-            log_dir = filesystem.get_file_info(f"{entry.path}/rows/_delta_log")
-            if log_dir.type == pafs.FileType.Directory:
-                found.append(entry.base_name)
+            for table in (TABLE, LEGACY_ROWS):
+                log_dir = filesystem.get_file_info(f"{entry.path}/{table}/_delta_log")
+                if log_dir.type == pafs.FileType.Directory:
+                    found.append(entry.base_name)
+                    break
+        if legacy:
+            return sorted(name for name in found if self.is_legacy(name))
         return sorted(found)
 
     def list(self) -> builtins.list[DatasetInfo]:
@@ -417,25 +478,33 @@ class DatasetStore:
         for name in self.names():
             table = self._table(name)
             last = self._commits(table)[-1]
+            by_status = self._counts(table)
             infos.append(
                 DatasetInfo(
                     name=name,
                     version=table.version(),
-                    rows=self._count(table),
-                    quarantined=self.quarantine_table(name).num_rows,
+                    rows=by_status.get(ANNOTATED, 0),
+                    quarantined=by_status.get(QUARANTINED, 0),
                     updated_at=last.timestamp,
                 )
             )
         return infos
 
-    def _count(self, table: DeltaTable) -> int:
-        return int(self._scan(table, "count(*) AS n").column("n")[0].as_py())
+    @staticmethod
+    def _counts(table: DeltaTable) -> dict[str, int]:
+        """Rows per status."""
+        query = f"SELECT {STATUS}, count(*) AS n FROM t GROUP BY {STATUS}"
+        try:
+            result = pa.table(QueryBuilder().register("t", table).execute(query).read_all())
+        except Exception as error:  # deltalake / DataFusion raise several unrelated types here
+            raise _damaged(table.table_uri, error) from None
+        return {str(item[STATUS]): int(item["n"]) for item in result.to_pylist()}
 
     def diff(self, name: str, a: Version, b: Version) -> DatasetDiff:
         """Which ids version ``b`` added, removed, or relabelled relative to version ``a``."""
         old_table, new_table = self._resolve(name, a), self._resolve(name, b)
-        old = _relations_by_id(self._scan(old_table, "id, relations"))
-        new = _relations_by_id(self._scan(new_table, "id, relations"))
+        old = _relations_by_id(self._scan(old_table, "id, relations", IS_ANNOTATED))
+        new = _relations_by_id(self._scan(new_table, "id, relations", IS_ANNOTATED))
         common = old.keys() & new.keys()
         relabelled = sorted(i for i in common if old[i] != new[i])
         return DatasetDiff(
@@ -458,32 +527,43 @@ class DatasetStore:
         """
         if not self.exists(name):
             return set()
-        done = _ids_with_hash(self._scan(self._table(name), "id, annotation"), config_hash)
+        table = self._table(name)
+        done = _ids_with_hash(self._scan(table, "id, annotation", IS_ANNOTATED), config_hash)
         if include_final_quarantine:
-            quarantine = self.quarantine_table(name)
-            final = quarantine.filter(pc.invert(quarantine["retryable"]))
-            done |= _ids_with_hash(final.select(["id", "annotation"]), config_hash)
+            final = self._scan(table, "id, annotation", f"{IS_QUARANTINED} AND NOT retryable")
+            done |= _ids_with_hash(final, config_hash)
         return done
 
 
-def _quarantine_source(
-    resolved: Sequence[AnnotatedExample], quarantined: Sequence[QuarantinedExample]
-) -> pa.Table:
-    """Quarantine merge source: new failures, plus resolved ids flagged for deletion."""
-    placeholders = [
-        QuarantinedExample(
-            id=row.id,
-            prompt=row.prompt,
-            completion=row.completion,
-            meta=row.meta,
-            annotation=row.annotation,
-            error="resolved",
-        )
-        for row in resolved
-    ]
-    table = to_table([*quarantined, *placeholders], QuarantinedExample)
-    flags = [False] * len(quarantined) + [True] * len(placeholders)
+def merge_source(annotated: pa.Table, quarantined: pa.Table) -> pa.Table:
+    """One merge source in ``STORE_SCHEMA``: rows, failures, and resolved-failure deletions.
+
+    Every annotated id also gets a quarantined row flagged ``_cattune_resolved``, which deletes
+    that id's earlier failure (if any) in the same commit.
+    """
+    rows = _with_status(annotated, ANNOTATED)
+    failures = _with_status(quarantined, QUARANTINED)
+    resolved = rows.set_column(
+        0, STORE_SCHEMA.field(STATUS), pa.array([QUARANTINED] * rows.num_rows, pa.string())
+    )
+    flags = [False] * (rows.num_rows + failures.num_rows) + [True] * resolved.num_rows
+    table = pa.concat_tables([rows, failures, resolved])
     return table.append_column(_RESOLVED, pa.array(flags, pa.bool_()))
+
+
+def _with_status(table: pa.Table, status: str) -> pa.Table:
+    """A contract table (annotated or quarantined) widened to ``STORE_SCHEMA`` with a status."""
+    columns = []
+    for field in STORE_SCHEMA:
+        if field.name == STATUS:
+            columns.append(pa.array([status] * table.num_rows, pa.string()))
+        elif field.name in table.column_names:
+            columns.append(table.column(field.name).cast(field.type))
+        elif field.name == "problems":
+            columns.append(pa.array([[]] * table.num_rows, field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=STORE_SCHEMA)
 
 
 def _relations_by_id(table: pa.Table) -> dict[str, Any]:

@@ -166,3 +166,40 @@ def test_summary_markdown_marks_examples() -> None:
     assert "- **1 row**: phrase 'x' | not found\n" in text
     assert "- **2 rows**: no \\*relations\\* in prompt\\_field row\n" in text
     assert "**Smoking: 9**. Answer: _High Risk_" in text
+
+
+def test_flow_body_only_orchestrates(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skip query, hashing, lineage and commit are retried tasks; the store is opened once."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    opened: list[str] = []
+    real_init = DatasetStore.__init__
+
+    def counting(self: DatasetStore, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        opened.append(str(args[0] if args else kwargs.get("root")))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetStore, "__init__", counting)
+    source = write_jsonl(tmp_path / "rows.jsonl", cat_rows(0, 30))
+    store_root = str(tmp_path / "store")
+    summary = annotate_flow(
+        str(source), "orch", annotator="given", format="cat", store=store_root, shard_size=10
+    )
+    assert opened == [store_root]
+    assert summary.committed and summary.rows_annotated == 30
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary.flow_run_id]))
+        )
+    retries = {run.name.rsplit("-", 1)[0]: run.empirical_policy.retries for run in runs}
+    assert {name: retries.get(name) for name in ("skip-done", "hash-source", "lineage")} == {
+        "skip-done": 2,
+        "hash-source": 2,
+        "lineage": 2,
+    }
+    assert "commit-version" in retries and "load-source" in retries
+    assert sum(run.name.startswith("annotate-shard") for run in runs) == 3

@@ -174,3 +174,20 @@ def test_invalid_manifest_is_one_line(store: DatasetStore, tmp_path: Path) -> No
     with pytest.raises(StoreError, match="version") as caught:
         verify_release(out)
     assert "\n" not in str(caught.value)
+
+
+def test_quarantined_rows_never_enter_a_release(store: DatasetStore, tmp_path: Path) -> None:
+    from cattune.schemas import QuarantinedExample
+
+    text = "漢字 and 👩‍👩‍👧. "  # ZWJ family emoji
+    failure = QuarantinedExample(
+        **Example.create(text, "?", Meta(split="train")).model_dump(),
+        annotation=Annotation(annotator="test", annotator_version="1"),
+        error="no rule matched the text",
+    )
+    version = store.write("ds", [], [failure]).version
+    manifest = make_release(store, "ds", version, tmp_path / "rel")
+    assert manifest.rows_per_split == {"train": 7, "test": 5}
+    released = pq.read_table(tmp_path / "rel" / "data")
+    assert failure.id not in released.column("id").to_pylist()
+    assert "status" not in released.column_names and "error" not in released.column_names

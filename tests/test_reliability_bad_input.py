@@ -321,7 +321,7 @@ def test_damaged_store_gives_one_line_errors(
     store = DatasetStore(tmp_path / "store")
     for batch in range(2):
         store.write("hurt", batch_rows("a", batch, 3))
-    rows = tmp_path / "store" / "hurt" / "rows"
+    rows = tmp_path / "store" / "hurt" / "table"
     if damage == "missing-data-file":
         for data in rows.glob("*.parquet"):
             data.unlink()

@@ -6,9 +6,13 @@ Two layers, chosen for cost (a subprocess Prefect flow pays ~5-10 s of imports a
   flow's commit task makes) in a loop; the writer is forked from a ``forkserver`` that has the
   store already imported, so a kill-and-check round costs well under a second. Kills land during
   Delta merges and log writes, since the writer does nothing else.
-* 3 kills of the real annotate flow in a subprocess (against the session's Prefect test server,
-  LLM annotator on a scripted server), at random moments during the LLM calls and the commit; then
-  a re-run of the flow completes and the dataset holds every row once.
+* 12 kills of one write (rows, a resolved failure, new failures) at evenly spaced moments from
+  its start to just after its commit: the dataset is then exactly as before or exactly as after
+  (rows and quarantine change in one Delta commit, so finding REL-7 has no window left).
+* 4 kills of the real annotate flow in a subprocess (against the session's Prefect test server,
+  LLM annotator on a scripted server): during the LLM calls, at a random moment, right after the
+  first shard finished and right after the last (in the commit task). Every version then holds each
+  source row exactly once, annotated or quarantined; a re-run of the flow completes.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import json
 import multiprocessing
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from reliability_helpers import (
@@ -40,6 +47,7 @@ from reliability_helpers import (
 
 from cattune.annotators.scripted_server import Reply, ScriptedChatServer
 from cattune.pipeline.store import DatasetStore, Lineage
+from cattune.schemas import AnnotatedExample
 
 KILLS = 20
 SIZE = 20
@@ -77,6 +85,7 @@ def test_sigkill_during_store_writes_leaves_every_version_whole(tmp_path: Path) 
         progressed += done.value > 0
         if DatasetStore(root).exists(name):
             latest = check_store(root, name, since=checked)
+            check_rows_and_failures_together(root, name, since=checked)
             assert all(count == SIZE for count in latest.values())
             checked = DatasetStore(root).version(name)
     assert progressed >= KILLS // 2
@@ -88,6 +97,22 @@ def test_sigkill_during_store_writes_leaves_every_version_whole(tmp_path: Path) 
     assert result.committed and result.version > before
     assert check_store(root, name)["rerun-0"] == SIZE
 
+
+def check_rows_and_failures_together(root: str, name: str, since: int) -> None:
+    """Each write holds rows and one failure of its batch: a version has both or neither."""
+    store = DatasetStore(root)
+    for version in range(since, store.version(name) + 1):
+        row_batches = {r.meta.extra["batch"] for r in store.read(name, version)}
+        failed = {q.text for q in store.quarantine(name, version)}
+        failure_batches = {
+            "-".join(m.groups()) for m in map(FAILED_ROW.match, failed) if m is not None
+        }
+        assert len(failure_batches) == len(failed)
+        # A write of batch b re-writes the rows of b - 1 too, so rows name the same batches.
+        assert row_batches == failure_batches, f"version {version}: rows and quarantine differ"
+
+
+FAILED_ROW = re.compile(r"Writer (\S+) batch (\d+) failed row")
 
 FLOW = """
 import json, sys
@@ -130,7 +155,7 @@ def test_sigkill_of_the_annotate_flow_then_rerun_completes(
     source = write_jsonl(tmp_path / "rows.jsonl", source_rows(rows))
     # One store per kill, so that a run finishing before its kill on a fast machine cannot leave
     # the next scenario with nothing to do; the reply cache is shared, as between real re-runs.
-    roots = [str(tmp_path / f"store-{attempt}") for attempt in range(3)]
+    roots = [str(tmp_path / f"store-{attempt}") for attempt in range(4)]
     rng = random.Random(5)
     env = os.environ | {
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
@@ -148,14 +173,23 @@ def test_sigkill_of_the_annotate_flow_then_rerun_completes(
                 text=True,
             )
             lines: list[str] = []
-            started, shards_done = threading.Event(), threading.Event()
+            started, first_done, shards_done = (
+                threading.Event(),
+                threading.Event(),
+                threading.Event(),
+            )
 
-            def read(out=process.stdout, lines=lines, started=started, end=shards_done) -> None:
+            def read(
+                out=process.stdout, lines=lines, started=started, first=first_done, end=shards_done
+            ) -> None:
                 for line in out:  # type: ignore[union-attr]
                     lines.append(line)
                     if "to annotate" in line:
                         started.set()
-                    if sum("done:" in seen and "shard" in seen for seen in lines) == SHARDS:
+                    finished = sum("done:" in seen and "shard" in seen for seen in lines)
+                    if finished >= 1:
+                        first.set()
+                    if finished == SHARDS:
                         end.set()
 
             reader = threading.Thread(target=read, daemon=True)
@@ -166,6 +200,8 @@ def test_sigkill_of_the_annotate_flow_then_rerun_completes(
                     time.sleep(0.5)
                 elif attempt == 1:  # anywhere
                     time.sleep(rng.uniform(0.2, 3.0))
+                elif attempt == 2:  # right after the first shard
+                    assert first_done.wait(120), "".join(lines[-20:])
                 else:  # right after the last shard: during the commit task
                     assert shards_done.wait(120), "".join(lines[-20:])
                     time.sleep(rng.uniform(0.0, 0.3))
@@ -195,43 +231,81 @@ def test_sigkill_of_the_annotate_flow_then_rerun_completes(
 
 
 def check_flow_store(root: str, rows: int) -> None:
+    """Every version holds each source row once: annotated or quarantined, never neither."""
     store = DatasetStore(root)
     for commit in store.history("crashflow"):
         version = store.read("crashflow", commit.version)
-        assert len(version) == len({r.id for r in version}) <= rows
-    assert len(store.quarantine("crashflow")) <= rows
+        failed = store.quarantine("crashflow", commit.version)
+        ids = [r.id for r in version] + [q.id for q in failed]
+        assert len(ids) == len(set(ids)) == rows, f"version {commit.version} is partial"
 
 
-def test_death_between_the_quarantine_and_the_rows_commit_is_recovered_by_a_rerun(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A write is two commits (quarantine, then rows); dying between them loses nothing for good.
+def one_write(root: str, done: Any) -> None:
+    """A child process: one write that annotates, resolves a failure and quarantines new rows."""
+    rows = batch_rows("t", 1, SIZE) + resolved_rows()
+    DatasetStore(root).write("d", rows, batch_failures("t", 1), Lineage(write_id="t-1"))
+    with done.get_lock():
+        done.value += 1
 
-    The resolved row may then be in neither table (finding REL-7), but it is not counted as done,
-    so the next run annotates it again.
-    """
-    from cattune.schemas import AnnotatedExample
 
-    store = DatasetStore(tmp_path / "store")
-    [failure] = batch_failures("t", 0)
-    store.write("d", batch_rows("t", 0, 3), [failure])
+def resolved_rows() -> list[AnnotatedExample]:
+    (failure,) = batch_failures("t", 0)
     fields = failure.model_dump(exclude={"error", "raw_output", "retryable"})
-    resolved = AnnotatedExample(**fields)
+    return [AnnotatedExample(**fields)]
 
-    real = DatasetStore._upsert
 
-    def die_before_rows(self: DatasetStore, name: str, kind: str, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if kind == "rows":
-            raise KeyboardInterrupt("killed between the two commits")
-        return real(self, name, kind, *args, **kwargs)
+def test_a_write_killed_at_any_moment_is_all_or_nothing(tmp_path: Path) -> None:
+    """SIGKILL at 11 evenly spaced moments of one write (rows, a resolution, new failures), and
+    right after its commit.
 
-    monkeypatch.setattr(DatasetStore, "_upsert", die_before_rows)
-    with pytest.raises(KeyboardInterrupt):
-        store.write("d", [resolved])
-    monkeypatch.undo()
-    check_store(str(tmp_path / "store"), "d")
-    config_hash = resolved.annotation.config_hash
-    assert resolved.id not in store.annotated_ids("d", config_hash, include_final_quarantine=True)
-    store.write("d", [resolved])
-    assert resolved.id in {r.id for r in store.read("d")}
-    assert resolved.id not in {q.id for q in store.quarantine("d")}
+    The dataset is then exactly as before (version 0) or exactly as after (version 1): rows and
+    quarantine change in one commit, so no row can be in neither (formerly finding REL-7).
+    """
+    from cattune.schemas import QuarantinedExample
+
+    base = tmp_path / "base"
+    store = DatasetStore(base)
+    store.write("d", batch_rows("t", 0, SIZE), batch_failures("t", 0))
+    before_rows = {r.id for r in store.read("d")}
+    (old_failure,) = batch_failures("t", 0)
+    (new_failure,) = batch_failures("t", 1)
+    after_rows = before_rows | {r.id for r in batch_rows("t", 1, SIZE) + resolved_rows()}
+    states = {
+        0: (before_rows, {old_failure.id}),
+        1: (after_rows, {new_failure.id}),
+    }
+
+    context = forkserver()
+
+    def run(root: Path, kill_after: float | None) -> int:
+        shutil.copytree(base, root)
+        done = context.Value("i", 0)
+        writer = context.Process(target=one_write, args=(str(root), done), daemon=True)
+        began = time.monotonic()
+        writer.start()
+        if kill_after is None:
+            writer.join(60)
+            assert writer.exitcode == 0
+            return int((time.monotonic() - began) * 1000)
+        time.sleep(max(kill_after, 0.0))
+        while kill_after < 0 and not done.value and writer.is_alive():
+            time.sleep(0.001)  # the last round kills right after the commit
+        writer.kill()
+        writer.join(10)
+        return done.value
+
+    run(tmp_path / "warm", None)  # starts the forkserver
+    duration = run(tmp_path / "timed", None) / 1000
+    outcomes = set()
+    for step in range(12):
+        root = tmp_path / f"kill-{step}"
+        finished = run(root, duration * step / 10 if step < 11 else -1.0)
+        after = DatasetStore(root)
+        version = after.version("d")
+        failures: list[QuarantinedExample] = after.quarantine("d")
+        got = ({r.id for r in after.read("d")}, {q.id for q in failures})
+        assert got == states[version], f"kill {step}: version {version} is partial"
+        assert version == 1 or not finished
+        assert [c.version for c in after.history("d")] == list(range(version + 1))
+        outcomes.add(version)
+    assert outcomes == {0, 1}

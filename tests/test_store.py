@@ -293,4 +293,61 @@ def test_default_root_is_under_cattune_home(
     store = DatasetStore()
     assert store.root == str(tmp_path / "home" / "store")
     store.write("d", [row(0)])
-    assert (tmp_path / "home" / "store" / "d" / "rows" / "_delta_log").is_dir()
+    assert (tmp_path / "home" / "store" / "d" / "table" / "_delta_log").is_dir()
+
+
+def test_rows_failures_and_resolutions_land_in_one_commit(store: DatasetStore) -> None:
+    store.write("one", [row(0)], [failed(1), failed(2, retryable=True)])
+    log_dir = Path(store.uri("one")) / "_delta_log"
+    before = sorted(p.name for p in log_dir.glob("*.json"))
+    result = store.write("one", [row(1), row(3)], [failed(4)])  # row 1 resolves its failure
+    after = sorted(p.name for p in log_dir.glob("*.json"))
+    assert after == [*before, "00000000000000000001.json"]
+    assert (result.version, result.inserted, result.quarantine_version) == (1, 2, 1)
+    assert {q.id for q in store.quarantine("one")} == {failed(2).id, failed(4).id}
+    assert {q.id for q in store.quarantine("one", 0)} == {failed(1).id, failed(2).id}
+    assert {r.id for r in store.read("one")} == {row(0).id, row(1).id, row(3).id}
+
+
+def test_a_failure_of_an_annotated_id_keeps_both(store: DatasetStore) -> None:
+    """Re-annotating under a new config fails: the old labels stay, the failure is recorded."""
+    store.write("both", [row(0)])
+    store.write("both", [], [failed(0, config="c2")])
+    assert [r.annotation.config_hash for r in store.read("both")] == ["c1"]
+    assert [q.annotation.config_hash for q in store.quarantine("both")] == ["c2"]
+    assert store.list()[0].rows == store.list()[0].quarantined == 1
+
+
+writes = st.lists(
+    st.lists(st.tuples(st.integers(0, 5), st.booleans()), max_size=6), min_size=1, max_size=4
+)
+
+
+@settings(max_examples=12, deadline=None)
+@given(writes)
+def test_every_version_matches_a_model_of_the_upsert(batches: list) -> None:
+    """Versions hold what a dict model of (annotated, quarantined) by id says, after each write."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = DatasetStore(tmp)
+        annotated: dict[str, str] = {}
+        quarantined: dict[str, str] = {}
+        snapshots = []
+        for number, batch in enumerate(batches):
+            config = f"w{number}"
+            oks = [row(i, config=config) for i, ok in batch if ok]
+            fails = [failed(i, config=config) for i, ok in batch if not ok]
+            result = store.write("m", oks, fails)
+            ok_ids = {r.id for r in oks}
+            for r in oks:
+                annotated[r.id] = config
+                quarantined.pop(r.id, None)
+            for q in fails:
+                if q.id not in ok_ids:
+                    quarantined[q.id] = config
+            snapshots.append((result.version, dict(annotated), dict(quarantined)))
+        for version, want_rows, want_failed in snapshots:
+            got = {r.id: r.annotation.config_hash for r in store.read("m", version)}
+            bad = {q.id: q.annotation.config_hash for q in store.quarantine("m", version)}
+            assert (got, bad) == (want_rows, want_failed)

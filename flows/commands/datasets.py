@@ -31,7 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quarantine = actions.add_parser("quarantine", help="rows that failed, with their reasons")
     quarantine.add_argument("name", metavar="NAME")
     quarantine.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
-    for sub in (listing, history, show, diff, quarantine):
+    migrate = actions.add_parser(
+        "migrate", help="move datasets of the two-table layout to one table (keeps versions)"
+    )
+    migrate.add_argument(
+        "names", metavar="NAME", nargs="*", help="datasets to migrate (default: every one)"
+    )
+    for sub in (listing, history, show, diff, quarantine, migrate):
         add_store_option(sub)
     parser.set_defaults(handler=run)
 
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         "show": _show,
         "diff": _diff,
         "quarantine": _quarantine,
+        "migrate": _migrate,
     }
     return handlers[args.action](store, args, console)
 
@@ -202,4 +209,19 @@ def _quarantine(store: Any, args: argparse.Namespace, console: Any) -> int:
         )
     if rows:
         console.print(table)
+    return 0
+
+
+def _migrate(store: Any, args: argparse.Namespace, console: Any) -> int:
+    from cattune.pipeline.store_migrate import migrate
+
+    names = args.names or store.names(legacy=True)
+    if not names:
+        console.print(f"nothing to migrate in {store.root}")
+    for name in names:
+        copied = migrate(store, name)
+        console.print(
+            f"{name}: {copied} versions copied to {store.uri(name)}, now at version "
+            f"{store.version(name)}; the old rows/ and quarantine/ tables are left in place"
+        )
     return 0
