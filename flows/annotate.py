@@ -39,7 +39,6 @@ from cattune.schemas import (
     Annotation,
     CattuneError,
     ConfigError,
-    EndpointError,
     Example,
     Meta,
     QuarantinedExample,
@@ -153,7 +152,7 @@ def load_source(
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     error = state.result(raise_on_failure=False)
-    return not isinstance(error, CattuneError) or isinstance(error, EndpointError)
+    return not isinstance(error, CattuneError)
 
 
 @task(

@@ -140,3 +140,25 @@ def test_a_run_that_annotates_nothing_exits_non_zero(
     assert captured.err == "cattune: error: nothing was annotated: all 3 rows ended in quarantine\n"
     good_rows, bad_rows = outputs(out)
     assert good_rows == [] and [r.retryable for r in bad_rows] == [False] * 3
+
+
+def test_an_endpoint_error_met_inside_the_flow_is_not_retried_by_prefect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server without a model list is only found wrong by the first chat request (404), which
+    happens inside the flow's shard task: Prefect must not run the shard again."""
+    monkeypatch.setenv("CATTUNE_HOME", str(tmp_path / "home"))
+    missing = Reply.error(404, message="The model `smollm2` does not exist")
+    lines, counts = [], []
+    with ScriptedChatServer(lambda request, attempt: missing) as server:
+        for target in (
+            ["--out", str(tmp_path / "o.parquet")],
+            ["--dataset", "rows", "--store", str(tmp_path / "store")],
+        ):
+            code = main([*argv(tmp_path, server.base_url), "--concurrency", "1", *target])
+            lines.append(capsys.readouterr().err)
+            counts.append(server.request_count - sum(counts))
+            assert code == 2
+    assert counts[1] == counts[0] > 0, "the flow sends what file mode sends: no Prefect retry"
+    assert lines[0].count("\n") == 1 and "answered 404 for model 'smollm2'" in lines[0]
+    assert lines[1].endswith(lines[0]), lines[1]
