@@ -89,9 +89,9 @@ def select_rows(
     sample: int | None = None,
     seed: int = 0,
 ) -> list[AnnotatedExample] | list[QuarantinedExample]:
-    """The rows to review: a version's rows (or the current quarantine), optionally only those
-    whose agreement is under ``below``, optionally a seeded sample of ``sample`` of them."""
-    rows: list[Any] = store.quarantine(name) if quarantine else store.read(name, version)
+    """The rows to review: a version's rows (or its quarantine), optionally only those whose
+    agreement is under ``below``, optionally a seeded sample of ``sample`` of them."""
+    rows: list[Any] = store.quarantine(name, version) if quarantine else store.read(name, version)
     if below is not None:
         scored = [(row, _agreement(row)) for row in rows]
         if rows and all(score is None for _, score in scored):
@@ -112,13 +112,7 @@ def export_review(
     out: Path,
     **selection: Any,
 ) -> ExportResult:
-    """Write Label Studio import tasks for the selected rows to ``out``, the config beside it.
-
-    With ``quarantine=True`` the current quarantine is exported (its table has versions of its
-    own), so ``version`` must be None.
-    """
-    if selection.get("quarantine") and version is not None:
-        raise ConfigError("--quarantine exports the current quarantine; drop the @VERSION")
+    """Write Label Studio import tasks for the selected rows to ``out``, the config beside it."""
     number = store.resolve_version(name, version)
     rows = select_rows(store, name, number, **selection)
     tasks = [

@@ -308,8 +308,6 @@ def test_a_reviewed_quarantined_row_leaves_the_quarantine(tmp_path: Path) -> Non
     store.write("mix", [good], [failure])
     out = tmp_path / "tasks.json"
     assert export_review(store, "mix", None, out, quarantine=True).rows == 1
-    with pytest.raises(ConfigError, match="drop the @VERSION"):
-        export_review(store, "mix", 0, out, quarantine=True)
     tasks = json.loads(out.read_text(encoding="utf-8"))
     assert tasks[0]["predictions"][0]["result"] == []
     reviewed = prediction_result(stuck)  # the reviewer draws the relations from scratch
@@ -323,6 +321,19 @@ def test_a_reviewed_quarantined_row_leaves_the_quarantine(tmp_path: Path) -> Non
     assert new[stuck.id].relations == stuck.relations
     assert new[stuck.id].annotation.annotator == HUMAN
     assert new[good.id] == good
+
+
+def test_the_quarantine_is_exported_as_of_a_version(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path / "store")
+    good, stuck = rows()[0], rows()[1]
+    failure = QuarantinedExample(
+        **stuck.model_dump(exclude={"relations", "problems"}), error="no cause found"
+    )
+    store.write("mix", [good], [failure])
+    store.write("mix", [stuck], [])  # version 1 annotates the failed row
+    out = tmp_path / "tasks.json"
+    assert export_review(store, "mix", 0, out, quarantine=True).rows == 1
+    assert export_review(store, "mix", None, out, quarantine=True).rows == 0
 
 
 def test_a_task_whose_id_is_not_its_text_is_rejected_and_the_rest_imported(
