@@ -143,7 +143,10 @@ def test_a_run_that_annotates_nothing_exits_non_zero(
 
 
 def test_an_endpoint_error_met_inside_the_flow_is_not_retried_by_prefect(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    prefect_harness: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A server without a model list is only found wrong by the first chat request (404), which
     happens inside the flow's shard task: Prefect must not run the shard again."""

@@ -200,7 +200,9 @@ def _put_many(path: str, start: int, count: int) -> None:
 
 def test_cache_is_shared_safely_by_several_processes(tmp_path: Path) -> None:
     path = str(tmp_path / "shared.sqlite")
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: once a Prefect flow has run in this process (test_annot_llm_cli's
+    # --dataset runs), forked children exit with status 1.
+    context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_put_many, args=(path, n * 100, 100)) for n in range(3)]
     for worker in workers:
         worker.start()
