@@ -17,19 +17,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from _rss import RssSampler, rss_mb
+
 PACK = "key-value-records"
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def measure(rows: int, shard_size: int, work: Path) -> dict[str, float]:
@@ -54,24 +47,17 @@ def measure(rows: int, shard_size: int, work: Path) -> dict[str, float]:
     del train
     flow(lambda: None, name="warm-up")()
 
-    peak = before = rss_mb()
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(0.5):
-            peak = max(peak, rss_mb())
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    before = rss_mb()
+    sampler = RssSampler(every=0.5)
     sampler.start()
     started = time.perf_counter()
     summary = annotate_flow(
         str(source), "scale", "prior", PACK, store=str(work / "store"), shard_size=shard_size
     )
     seconds = time.perf_counter() - started
-    stop.set()
+    sampler.stop.set()
     sampler.join()
-    peak = max(peak, rss_mb())
+    peak = max([before, rss_mb(), *(mb for _, mb in sampler.samples)])
     # Generated STG rows can repeat a text (same id): the flow folds those into one row.
     done = summary.rows_annotated + summary.rows_quarantined + summary.rows_duplicate
     if (summary.rows_read, done) != (rows, rows):

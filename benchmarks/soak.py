@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+from _rss import RssSampler, rss_mb  # noqa: E402
 from reliability_helpers import (  # noqa: E402 - after the path and Prefect settings
     CANARY,
     PACK,
@@ -40,28 +40,6 @@ from reliability_helpers import (  # noqa: E402 - after the path and Prefect set
     source_rows,
     write_jsonl,
 )
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class RssSampler(threading.Thread):
-    def __init__(self, every: float = 1.0) -> None:
-        super().__init__(daemon=True)
-        self.every = every
-        self.samples: list[tuple[float, float]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        start = time.monotonic()
-        while not self.stop.is_set():
-            self.samples.append((time.monotonic() - start, rss_mb()))
-            self.stop.wait(self.every)
 
 
 def serve(script: FaultScript, conn: Any) -> None:
