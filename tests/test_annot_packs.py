@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,49 @@ def test_cli_lists_packs_and_checks_files(tmp_path: Path, capsys: pytest.Capture
     broken = _write(tmp_path, {"name": "x"})
     assert main(["annotators", "packs", str(broken)]) == 2
     assert "field version" in capsys.readouterr().err
+
+
+def _reference_texts(reference_data: Path) -> list[str]:
+    texts = []
+    for path in sorted(reference_data.rglob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            texts.append(" ".join(f"{row.get('input', '')}{row.get('target', '')}".split()))
+    return texts
+
+
+def test_demonstrations_are_not_rows_of_the_authors_files(reference_data: Path) -> None:
+    """Shipped demonstrations are cattune's own texts: no authors' row (and its gold labels)
+    sits in every prompt. Compared with whitespace collapsed, in both directions."""
+    texts = _reference_texts(reference_data)
+    assert len(texts) > 10_000
+    for name in shipped_packs():
+        for demo in load_pack(name).demonstrations:
+            prompt = " ".join(demo.prompt.split())
+            whole = " ".join((demo.prompt + demo.completion).split())
+            for text in texts:
+                assert prompt not in text and text not in whole, (name, demo.prompt)
+
+
+def test_demonstrations_show_the_answer_format_of_the_packs_rules() -> None:
+    """A demonstration labels the answer as the pack's own rules find it, and all of a pack's
+    demonstrations label it the same way (a small model copies the demonstrated effect into every
+    reply: an "Answer: 32" demonstration made SmolLM2 label "Answer: N" on STG rows, which end in
+    "High Risk"). The PriorAnnotator, run on a demonstration, puts its final-answer effect where
+    the demonstration puts one of its effects, inside the completion or starting in the prompt
+    (a marker) alike for the whole pack; for key-value records it finds the same causes too."""
+    for name in shipped_packs():
+        pack = load_pack(name)
+        starts_in_prompt = set()
+        for demo in pack.demonstrations:
+            example = Example.create(demo.prompt, demo.completion)
+            (row,) = PriorAnnotator(pack).annotate([example])
+            assert isinstance(row, AnnotatedExample), (name, demo.prompt)
+            labelled = align(example.text, demo.relations).relations
+            demo_effects = {(r.effect.start, r.effect.end) for r in labelled}
+            answer = max(row.relations, key=lambda r: r.effect.start).effect
+            assert (answer.start, answer.end) in demo_effects, (name, answer.text(row.text))
+            starts_in_prompt.add(answer.start < len(demo.prompt))
+            if name == "key-value-records":
+                assert row.relations == labelled
+        assert len(starts_in_prompt) == 1, name
