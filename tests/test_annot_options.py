@@ -386,6 +386,28 @@ def test_flow_takes_a_spec_and_refuses_bad_options_like_the_cli(
     assert not DatasetStore(store).exists("bad")
 
 
+def test_a_deployment_with_a_bad_annotator_option_is_refused_before_it_is_served() -> None:
+    from cattune.flows.serve import DeploymentConfig, build_deployments
+
+    parameters = {
+        "source": "data/mawps/mawps_train.jsonl",
+        "dataset": "mawps",
+        "annotator": "llm",
+        "pack": "math-word-problems",
+        "options": {"model": "m", "concurrency": 0},
+    }
+    deployment = {"name": "nightly", "flow": "annotate", "cron": "0 2 * * *"}
+    config = DeploymentConfig.model_validate(
+        {"deployments": [deployment | {"parameters": parameters}]}
+    )
+    with pytest.raises(ConfigError) as caught:
+        build_deployments(config)
+    assert str(caught.value) == (
+        "deployment 'nightly': --concurrency of --annotator llm: "
+        "Input should be greater than or equal to 1, got 0"
+    )
+
+
 # --- docs: the option tables are the specs' ------------------------------------------------------
 
 
