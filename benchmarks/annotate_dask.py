@@ -7,10 +7,12 @@ fresh store, timed from the flow call to its return (reading, sharding, annotati
 - llm: the LLMAnnotator against the scripted server of annotation_throughput.py, every request
   answered after 200 ms (I/O-bound; reply cache off, ``concurrency`` requests in flight a shard).
 
-Each worker count runs on a Dask ``LocalCluster`` (processes, 1 thread each, started and warmed up
-with a small flow before the timed run) and, as the baseline in the same run, on the flow's
-thread task runner with as many threads. A Prefect test server (``prefect_test_harness``) serves
-the flow and the Dask workers.
+Each worker count runs on a Dask ``LocalCluster`` (processes, 1 thread each, started and warmed
+up with a small flow before the timed run) and, as the baseline in the same run, on the flow's
+thread task runner with as many threads. "flow process CPU s" is the CPU time of the process that
+calls the flow: with the thread runner it includes the annotation; with Dask it is the flow's own
+work (reading, collecting shard results, the commit, the Prefect client, the Dask scheduler).
+A Prefect test server (``prefect_test_harness``) serves the flow and the Dask workers.
 
     python benchmarks/annotate_dask.py [--workers 1 2 4] [--prior-rows 20000] [--llm-rows 3200]
 """
@@ -49,6 +51,7 @@ class Run:
     workers: int
     rows: int
     seconds: float
+    cpu: float
 
     @property
     def rate(self) -> float:
@@ -94,12 +97,12 @@ def run_flow(
     kind: str,
     options: dict[str, Any],
     shard_size: int,
-) -> tuple[int, float]:
-    """(rows annotated, seconds) of one flow run on a fresh store."""
+) -> tuple[int, float, float]:
+    """(rows annotated, seconds, CPU seconds of this process) of one flow run on a fresh store."""
     from cattune.flows.annotate import configured_flow
 
     flow = configured_flow(dask_address=address, concurrency=workers)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     summary = flow(
         source=str(source),
         dataset="bench",
@@ -109,10 +112,10 @@ def run_flow(
         store=str(store),
         shard_size=shard_size,
     )
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if summary.rows_quarantined:
         raise SystemExit(f"{kind}: {summary.rows_quarantined} rows quarantined: setup is broken")
-    return summary.rows_annotated, seconds
+    return summary.rows_annotated, seconds, cpu
 
 
 def measure(
@@ -132,10 +135,10 @@ def measure(
                 tag = f"{workload}-{runner}-{workers}"
                 # Warm-up: workers import cattune and build their annotator once.
                 run_flow(address, workers, warm, root / f"{tag}-warm", workload, options, 50)
-                rows, seconds = run_flow(
+                rows, seconds, cpu = run_flow(
                     address, workers, source, root / tag, workload, options, shard_size
                 )
-            runs.append(Run(workload, runner, workers, rows, seconds))
+            runs.append(Run(workload, runner, workers, rows, seconds, cpu))
             print(f"{tag}: {rows} rows in {seconds:.1f} s", file=sys.stderr, flush=True)
     return runs
 
@@ -143,7 +146,16 @@ def measure(
 def table(runs: list[Run], ideal_per_worker: float | None) -> str:
     first = {(r.runner): r.rate for r in runs if r.workers == min(x.workers for x in runs)}
     threads = {r.workers: r.rate for r in runs if r.runner == "threads"}
-    header = ["runner", "workers", "rows", "seconds", "rows/s", "vs 1 worker", "vs threads"]
+    header = [
+        "runner",
+        "workers",
+        "rows",
+        "seconds",
+        "flow process CPU s",
+        "rows/s",
+        "vs 1 worker",
+        "vs threads",
+    ]
     if ideal_per_worker is not None:
         header.append("ideal rows/s")
     body = []
@@ -153,6 +165,7 @@ def table(runs: list[Run], ideal_per_worker: float | None) -> str:
             r.workers,
             r.rows,
             f"{r.seconds:.1f}",
+            f"{r.cpu:.1f}",
             f"{r.rate:.0f}",
             f"{r.rate / first[r.runner]:.2f}x",
             f"{r.rate / threads[r.workers]:.2f}x",
