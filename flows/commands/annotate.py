@@ -71,11 +71,15 @@ def add_spec_flags(parser: argparse.ArgumentParser) -> None:
     )
     for name, spec_field in cli_fields().items():
         default = spec_field.get_default()
-        shown = "required" if spec_field.is_required() else f"default: {default}"
+        shown = ""
+        if spec_field.is_required():
+            shown = " (required)"
+        elif default is not None and not isinstance(default, bool):
+            shown = f" (default: {default})"
         kinds = ", ".join(kinds_with_flag(name))
         group.add_argument(
             "--" + name.replace("_", "-"),
-            help=f"{kinds}: {spec_field.description} ({shown})",
+            help=f"{kinds}: {spec_field.description}{shown}",
             **_argparse_type(spec_field.annotation),
         )
     group.add_argument(
