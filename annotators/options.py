@@ -243,7 +243,9 @@ def _message(kind: str, error: ValidationError) -> str:
     )
 
 
-def constructor_kwargs(spec: AnnotatorOptions, *, exclude: set[str] | None = None) -> dict:
+def constructor_kwargs(
+    spec: AnnotatorOptions, *, exclude: set[str] | None = None
+) -> dict[str, Any]:
     """Every field of the spec (defaults included) as the annotator's keyword arguments."""
     return {name: getattr(spec, name) for name in spec.model_fields if name not in (exclude or ())}
 

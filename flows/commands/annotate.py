@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cattune.annotators.base import reason_kind
+from cattune.annotators.options import KINDS
 from cattune.schemas import ConfigError
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from cattune.annotators.options import AnnotatorOptions
     from cattune.pipeline.sources import SourceRow
     from cattune.schemas import AnnotatedExample, QuarantinedExample
-
-KINDS = ("prior", "llm", "vllm", "gold", "given")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
