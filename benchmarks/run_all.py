@@ -39,6 +39,10 @@ BENCHMARKS: dict[str, tuple[list[str], str]] = {
     "alignment_speed": ([], "Span -> token alignment: offset mapping vs token-subsequence search"),
     "annotation_throughput": ([], "LLM annotation throughput vs concurrency (200 ms server)"),
     "flow_overhead": ([], "Prefect annotate-flow overhead per 1,000 rows (gold annotator)"),
+    "annotate_dask": (
+        [],
+        "Annotate flow scale-out: Dask LocalCluster (1, 2, 4 workers) vs the thread runner",
+    ),
 }
 
 

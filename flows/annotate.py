@@ -29,7 +29,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from cattune.annotators.base import AnnotationResult, Annotator, stable_hash
-from cattune.annotators.registry import get_annotator
+from cattune.annotators.options import AnnotatorOptions, options_for
+from cattune.annotators.registry import build_annotator
 from cattune.pipeline.names import validate_name
 from cattune.pipeline.sources import read_source
 from cattune.pipeline.store import DatasetStore, Lineage
@@ -86,35 +87,36 @@ def source_sha256(path: str | Path) -> str:
 _local = threading.local()
 
 
-SECRET_OPTION = "api_key_secret"
-
-
-def annotator_for(kind: str, pack: str | None, options: dict[str, Any]) -> Annotator:
+def annotator_for(
+    kind: str, pack: str | None, options: AnnotatorOptions | dict[str, Any] | None
+) -> Annotator:
     """One annotator per thread and configuration (workers build their own, nothing is pickled).
 
-    ``options["api_key_secret"]`` names a Prefect Secret block holding the API key; it is read
-    here, inside the run, so the key never becomes a flow parameter, a log line or lineage.
+    ``options`` is the kind's spec or its dict, validated here (:func:`options_for`).
+    ``api_key_secret`` names a Prefect Secret block holding the API key; it is read here,
+    inside the run, so the key never becomes a flow parameter, a log line or lineage.
     """
-    if "api_key" in options:
+    if isinstance(options, dict) and "api_key" in options:
         raise ConfigError(
             "do not pass api_key as a flow option (flow parameters are stored by Prefect): "
-            f"use api_key_env (an environment variable) or {SECRET_OPTION} (a Secret block name)"
+            "use api_key_env (an environment variable) or api_key_secret (a Secret block name)"
         )
+    spec = options_for(kind, options)
     cache = getattr(_local, "annotators", None)
     if cache is None:
         cache = _local.annotators = {}
-    key = stable_hash([kind, pack, options])
+    key = stable_hash([kind, pack, spec.model_dump(mode="json")])
     if key not in cache:
-        settings = dict(options)
-        secret = settings.pop(SECRET_OPTION, None)
+        api_key = None
+        secret = getattr(spec, "api_key_secret", None)
         if secret is not None:
             from prefect.blocks.system import Secret
 
             try:
-                settings["api_key"] = Secret.load(secret).get()
+                api_key = Secret.load(secret).get()
             except ValueError as error:
                 raise ConfigError(f"cannot load the Secret block {secret!r}: {error}") from None
-        cache[key] = get_annotator(kind, pack=pack, **settings)
+        cache[key] = build_annotator(kind, spec, pack=pack, api_key=api_key)
     return cache[key]
 
 
@@ -242,7 +244,7 @@ def annotate_flow(
     dataset: str,
     annotator: str = "prior",
     pack: str | None = None,
-    options: dict[str, Any] | None = None,
+    options: AnnotatorOptions | dict[str, Any] | None = None,
     format: str = "auto",
     prompt_field: str | None = None,
     completion_field: str | None = None,
@@ -251,9 +253,11 @@ def annotate_flow(
 ) -> AnnotateSummary:
     """Annotate ``source`` with ``annotator`` and commit the result as a new version of ``dataset``.
 
-    ``options`` go to the annotator's constructor (e.g. ``{"model": ..., "base_url": ...}`` for
-    ``llm``). LLM shards carry the ``cattune-llm`` tag: a Prefect tag concurrency limit
-    (``prefect concurrency-limit create cattune-llm 2``) caps them across all running flows.
+    ``options`` is the annotator's spec (``cattune.annotators.options``, e.g. ``LLMOptions``) or
+    its dict (e.g. ``{"model": ..., "base_url": ...}`` for ``llm``); a bad option fails the run
+    before anything is read, with the same one-line ``ConfigError`` as the CLI. LLM shards carry
+    the ``cattune-llm`` tag: a Prefect tag concurrency limit (``prefect concurrency-limit create
+    cattune-llm 2``) caps them across all running flows.
     """
     logger = get_run_logger()
     validate_name(dataset)

@@ -98,6 +98,8 @@ def build_deployments(
             flow.validate_parameters(spec.parameters)
         except Exception as error:  # prefect raises several types for bad parameters
             raise ConfigError(f"deployment {spec.name!r}: bad parameters: {error}") from None
+        if spec.flow == "annotate":
+            _check_annotator_options(spec)
         schedules = []
         if spec.cron:
             _check_cron(spec.name, spec.cron)
@@ -124,6 +126,17 @@ def build_deployments(
             raise ConfigError(f"deployment {spec.name!r}: {error}") from None
         built.append(deployment)
     return built
+
+
+def _check_annotator_options(spec: DeploymentSpec) -> None:
+    """The annotate flow's ``options`` against its annotator's spec, before anything is served."""
+    from cattune.annotators.options import options_for
+
+    kind = spec.parameters.get("annotator", "prior")
+    try:
+        options_for(kind, spec.parameters.get("options"))
+    except ConfigError as error:
+        raise ConfigError(f"deployment {spec.name!r}: {error}") from None
 
 
 def _check_cron(name: str, cron: str) -> None:

@@ -19,26 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cattune.annotators.base import reason_kind
+from cattune.annotators.options import KINDS
 from cattune.schemas import ConfigError
 
 if TYPE_CHECKING:
     from cattune.annotators.base import Annotator
+    from cattune.annotators.options import AnnotatorOptions
     from cattune.pipeline.sources import SourceRow
     from cattune.schemas import AnnotatedExample, QuarantinedExample
-
-KINDS = ("prior", "llm", "vllm", "gold", "given")
-LLM_FLAGS = (
-    "base_url",
-    "api_key_env",
-    "concurrency",
-    "timeout",
-    "max_retries",
-    "structured_output",
-    "cache",
-    "no_cache",
-    "refresh",
-)
-DECODING_FLAGS = ("max_tokens", "temperature", "max_dropped_share")  # llm and vllm
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,44 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=256, help="rows per annotation batch (default: 256)"
     )
-    parser.add_argument(
-        "--boundary",
-        choices=("word", "none"),
-        help="phrase alignment (given, gold, llm, vllm): a phrase must not split a word or a "
-        "number (word, the default), or may match anywhere (none, as the reference code)",
-    )
-    llm = parser.add_argument_group("LLM annotators (--annotator llm / vllm)")
-    llm.add_argument("--model", help="model name (llm: as the server knows it; vllm: HF id/path)")
-    llm.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
-    llm.add_argument(
-        "--api-key-env",
-        help="environment variable holding the API key (default: OPENAI_API_KEY)",
-    )
-    llm.add_argument("--concurrency", type=int, help="requests in flight (default: 16)")
-    llm.add_argument("--timeout", type=float, help="seconds per request (default: 60)")
-    llm.add_argument("--max-retries", type=int, help="retries of a failed request (default: 4)")
-    llm.add_argument(
-        "--structured-output",
-        choices=("auto", "json_schema", "json_object", "off"),
-        help="how to ask for the JSON reply: response_format json_schema, the server's JSON mode "
-        "with the schema (llama.cpp), or the prompt only; auto (default) tries them in that "
-        "order, stepping down when the server rejects response_format",
-    )
-    llm.add_argument("--max-tokens", type=int, help="reply length limit in tokens (default: 2048)")
-    llm.add_argument("--temperature", type=float, help="sampling temperature (default: 0)")
-    llm.add_argument(
-        "--max-dropped-share",
-        type=float,
-        help="ask for a repair when more than this share of a reply's effect-cause pairs cannot "
-        "be placed in the text (default: 0.5; the valid part is kept either way)",
-    )
-    llm.add_argument("--cache", help="reply cache file (default: $CATTUNE_HOME/cache/llm.sqlite)")
-    llm.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    llm.add_argument(
-        "--refresh",
-        action="store_true",
-        help="ask the endpoint again for every row, replacing cached replies",
-    )
+    add_spec_flags(parser)
     add_dataset_mode(parser, target)
     parser.set_defaults(handler=run)
 
@@ -110,32 +61,68 @@ def quarantine_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.quarantine{out.suffix or '.parquet'}")
 
 
-def annotator_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Constructor options for the chosen annotator; flags it does not use are an error."""
-    flags = (*LLM_FLAGS, *DECODING_FLAGS, "model", "boundary")
-    given = {flag: getattr(args, flag) for flag in flags}
+def add_spec_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per CLI field of the annotator specs (``annotators/options.py``), and --no-cache."""
+    from cattune.annotators.options import cli_fields, kinds_with_flag
+
+    group = parser.add_argument_group(
+        "annotator options (each applies to the annotators named in its help)"
+    )
+    for name, spec_field in cli_fields().items():
+        default = spec_field.get_default()
+        shown = ""
+        if spec_field.is_required():
+            shown = " (required)"
+        elif default is not None and not isinstance(default, bool):
+            shown = f" (default: {default})"
+        kinds = ", ".join(kinds_with_flag(name))
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            help=f"{kinds}: {spec_field.description}{shown}",
+            **_argparse_type(spec_field.annotation),
+        )
+    group.add_argument(
+        "--no-cache", action="store_true", help="llm: do not read or write the cache"
+    )
+
+
+def _argparse_type(annotation: Any) -> dict[str, Any]:
+    """argparse keywords for a spec field's type: a switch, a choice, a number or a string."""
+    import types
+    import typing
+
+    if annotation is bool:
+        return {"action": "store_true"}
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return {"choices": typing.get_args(annotation)}
+    if annotation in (int, float):
+        return {"type": annotation}
+    return {"type": str}
+
+
+def annotator_options(args: argparse.Namespace) -> AnnotatorOptions:
+    """The chosen annotator's spec from the flags given; a flag it does not take is an error.
+
+    The check and its messages are the spec's (:func:`options_for`), so the CLI, the annotate flow
+    and Python refuse the same options with the same line.
+    """
+    from cattune.annotators.options import cli_fields, options_for, spec_class
+
     given = {
-        flag: value for flag, value in given.items() if value is not None and value is not False
+        name: getattr(args, name)
+        for name in cli_fields()
+        if getattr(args, name) is not None and getattr(args, name) is not False
     }
-    allowed: tuple[str, ...] = ()
-    if args.annotator == "llm":
-        allowed = flags
-    elif args.annotator == "vllm":
-        allowed = (*DECODING_FLAGS, "model", "boundary")
-    elif args.annotator in ("given", "gold"):
-        allowed = ("boundary",)
-    stray = [flag for flag in given if flag not in allowed]
-    if stray:
-        flags = ", ".join("--" + flag.replace("_", "-") for flag in stray)
-        raise ConfigError(f"{flags} do(es) not apply to --annotator {args.annotator}")
-    if args.annotator in ("llm", "vllm") and not args.model:
-        raise ConfigError(f"--annotator {args.annotator} needs --model")
-    if args.cache and args.no_cache:
-        raise ConfigError("use either --cache PATH or --no-cache, not both")
-    options = {k: v for k, v in given.items() if k != "no_cache"}
     if args.no_cache:
-        options["cache"] = False
-    return options
+        if "cache" not in spec_class(args.annotator).model_fields:
+            raise ConfigError(f"--no-cache does not apply to --annotator {args.annotator}")
+        if args.cache:
+            raise ConfigError("use either --cache PATH or --no-cache, not both")
+        given["cache"] = False
+    return options_for(args.annotator, given)
 
 
 @dataclass
@@ -214,7 +201,7 @@ def annotate_rows(
 def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from cattune.annotators.registry import get_annotator
+    from cattune.annotators.registry import build_annotator
     from cattune.pipeline.sources import read_source
     from cattune.schemas import AnnotatedExample, QuarantinedExample, arrow_schema, to_table
 
@@ -227,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".parquet":
         raise ConfigError(f"--out must name a .parquet file, got {out}")
     quarantine = quarantine_path(out)
-    annotator = get_annotator(args.annotator, pack=args.pack, **annotator_options(args))
+    annotator = build_annotator(args.annotator, annotator_options(args), pack=args.pack)
     check_endpoint(annotator)
     source = Path(args.source)
     rows = read_source(
@@ -346,7 +333,7 @@ def _refuse_dataset_flags(args: argparse.Namespace) -> None:
 
 def run_dataset_mode(args: argparse.Namespace) -> int:
     """Run the annotate flow: incremental, sharded (--batch-size rows a shard), one commit."""
-    from cattune.annotators.registry import get_annotator
+    from cattune.annotators.registry import build_annotator
     from cattune.pipeline.names import validate_name
     from cattune.pipeline.sources import read_source
     from cattune.schemas import InputError
@@ -358,7 +345,7 @@ def run_dataset_mode(args: argparse.Namespace) -> int:
         raise InputError("no such file or directory; check the path", path=args.source)
     options = annotator_options(args)
     # Configuration and endpoint errors before Prefect, in the same one line as file mode.
-    check_endpoint(get_annotator(args.annotator, pack=args.pack, **options))
+    check_endpoint(build_annotator(args.annotator, options, pack=args.pack))
     # Whole-file problems (empty, binary, no usable columns) surface at the first row: report
     # them here in one line, not from inside the flow, where Prefect logs them with tracebacks.
     rows = read_source(
