@@ -134,6 +134,7 @@ class _Traffic:
 @dataclass
 class _Run:
     client: AsyncOpenAI
+    limit: ConcurrencyLimit
     cache: ReplyCache | None
     mode: StructuredOutput  # what requests ask for now; "auto" negotiates down from json_schema
     stats: RunStats
@@ -440,6 +441,7 @@ class LLMAnnotator(PromptedAnnotator):
             raise
         run = _Run(
             client,
+            limit,
             cache,
             "json_schema" if self.structured_output == "auto" else self.structured_output,
             stats,
@@ -502,7 +504,7 @@ class LLMAnnotator(PromptedAnnotator):
         reason = ""
         for _ in range(self.max_retries + 1):
             try:
-                async with run.asking():
+                async with run.limit.slot(), run.asking():
                     mode = run.mode
                     body = await run.client.post(
                         "/chat/completions",

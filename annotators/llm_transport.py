@@ -2,10 +2,11 @@
 
 It sits below the SDK's retries, so it sees every single attempt:
 
-- each chat request waits for a place under the adaptive limit
-  (:class:`~cattune.annotators.llm_limit.ConcurrencyLimit`), then for the circuit to be closed,
-  *before* it is handed to the HTTP connection pool, so the request timeout covers only time
-  actually in flight; it reports its latency, timeout or 429 back to the limit;
+- each chat request reports its latency, timeout or 429, with the number of requests in flight
+  when it was sent, to the run's adaptive limit
+  (:class:`~cattune.annotators.llm_limit.ConcurrencyLimit`; a row takes its place under the
+  limit before it calls the SDK, so rows waiting for a place cost nothing and the request
+  timeout covers only time in flight);
 - refused connections and bursts of 5xx open the run's circuit
   (:class:`~cattune.annotators.llm_breaker.Breaker`); the request that met the outage waits with
   all others and is sent again when a probe got through, spending none of the SDK's retries;
@@ -20,13 +21,13 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import httpx2
 import openai
 
 from cattune.annotators.llm_breaker import Breaker
-from cattune.annotators.llm_limit import ConcurrencyLimit
+from cattune.annotators.llm_limit import ConcurrencyLimit, Slot
 
 TIMEOUTS_PER_CALL = 2  # a chat call is sent again once after a timeout, not more
 
@@ -57,6 +58,7 @@ class RunTransport(httpx2.AsyncBaseTransport):
         self.limit = limit
         self.breaker = breaker
         self.reached = False  # the endpoint answered at least once this run
+        self.in_flight = 0  # chat requests sent and not yet answered
         # No pool limit of its own: the adaptive limit is the limit (the pool's wait would count
         # against the request timeout).
         self._inner = httpx2.AsyncHTTPTransport(
@@ -72,48 +74,49 @@ class RunTransport(httpx2.AsyncBaseTransport):
             self.reached = True
             return response
         while True:
-            async with self.limit.slot() as place:
-                # Checked after the place is held: the circuit may have opened while this waited.
-                probe = await self.breaker.admit()
-                slot = replace(place, sent_at=time.monotonic())
-                try:
-                    response = await self._inner.handle_async_request(request)
-                except httpx2.ReadTimeout:
-                    self.limit.timed_out(slot)
-                    self.breaker.inconclusive(probe=probe)
-                    self._count_timeout(request)
-                    raise
-                except httpx2.ConnectError as error:
-                    if not self.reached:
-                        raise  # refused before any answer: the caller's one-line EndpointError
-                    what = f"{type(error).__name__}: {error}"
-                    self.breaker.failed(what, refused=True, probe=probe)
-                    if self.breaker.gave_up:
-                        raise self._outage(request) from error
-                    continue  # never reached the server: wait for the circuit, then send again
-                except BaseException:
-                    self.breaker.inconclusive(probe=probe)
-                    raise
-                self.reached = True
-                status = response.status_code
-                if status < 500:
-                    self.breaker.succeeded(probe=probe)
-                    if status == 429:
-                        self.limit.throttled(slot)
-                    else:
-                        self.limit.replied(slot, time.monotonic() - slot.sent_at)
-                    return response
-                response = await _read(response, request)
-                if "response_format" in response.text:  # about the request, not an outage
-                    self.breaker.succeeded(probe=probe)
-                    return response
-                what = f"HTTP {status}: {_short(response.text)}"
-                call = CALL.get(None)
-                first = call is None or call.requests <= 1
-                self.breaker.failed(what, refused=False, probe=probe, first_attempt=first)
-                if not self.breaker.is_open or self.breaker.gave_up:
-                    return response  # a lone 5xx: the SDK retries it with its backoff
-                # else the circuit is open: wait with everyone else, then send this again
+            probe = await self.breaker.admit()
+            self.in_flight += 1  # this request and those already at the server, ahead of it
+            slot = Slot(self.in_flight, time.monotonic())
+            try:
+                response = await self._inner.handle_async_request(request)
+            except httpx2.ReadTimeout:
+                self.limit.timed_out(slot)
+                self.breaker.inconclusive(probe=probe)
+                self._count_timeout(request)
+                raise
+            except httpx2.ConnectError as error:
+                if not self.reached:
+                    raise  # refused before any answer: the caller's one-line EndpointError
+                what = f"{type(error).__name__}: {error}"
+                self.breaker.failed(what, refused=True, probe=probe)
+                if self.breaker.gave_up:
+                    raise self._outage(request) from error
+                continue  # never reached the server: wait for the circuit, then send again
+            except BaseException:
+                self.breaker.inconclusive(probe=probe)
+                raise
+            finally:
+                self.in_flight -= 1
+            self.reached = True
+            status = response.status_code
+            if status < 500:
+                self.breaker.succeeded(probe=probe)
+                if status == 429:
+                    self.limit.throttled(slot)
+                else:
+                    self.limit.replied(slot, time.monotonic() - slot.sent_at)
+                return response
+            response = await _read(response, request)
+            if "response_format" in response.text:  # about the request, not an outage
+                self.breaker.succeeded(probe=probe)
+                return response
+            what = f"HTTP {status}: {_short(response.text)}"
+            call = CALL.get(None)
+            first = call is None or call.requests <= 1
+            self.breaker.failed(what, refused=False, probe=probe, first_attempt=first)
+            if not self.breaker.is_open or self.breaker.gave_up:
+                return response  # a lone 5xx: the SDK retries it with its backoff
+            # else the circuit is open: wait with everyone else, then send this again
 
     def _count_timeout(self, request: httpx2.Request) -> None:
         call = CALL.get(None)
