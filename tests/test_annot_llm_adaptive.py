@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from pydantic import SecretStr
 
 from cattune.annotators.llm import LLMAnnotator
@@ -70,7 +71,12 @@ def test_one_slot_server_gets_no_more_than_it_answers_within_the_timeout() -> No
     assert llm.last_run.outages == 0
 
 
-def test_server_stopped_and_restarted_on_the_same_port_loses_no_row() -> None:
+def test_server_stopped_and_restarted_on_the_same_port_loses_no_row(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cattune.annotators.llm_progress as llm_progress
+
+    monkeypatch.setattr(llm_progress, "PROGRESS_EVERY", 0.2)
     inputs = rows(40, "Restart")
     script = lambda request, attempt: Reply.completion(REPLY, delay=0.05)  # noqa: E731
     first = ScriptedChatServer(script)
@@ -90,7 +96,7 @@ def test_server_stopped_and_restarted_on_the_same_port_loses_no_row() -> None:
     thread = threading.Thread(target=outage)
     thread.start()
     try:
-        llm = annotator(first.base_url, timeout=5.0, concurrency=4)
+        llm = annotator(first.base_url, timeout=5.0, concurrency=4, progress=None)  # lines
         results = llm.annotate(inputs)
     finally:
         thread.join()
@@ -100,6 +106,9 @@ def test_server_stopped_and_restarted_on_the_same_port_loses_no_row() -> None:
     assert_all_annotated(results, inputs)
     assert llm.last_run.outages == 1
     assert restarted[0].request_count > 0
+    paused = [line for line in capsys.readouterr().err.splitlines() if "paused" in line]
+    assert paused and "endpoint failing for " in paused[0]
+    assert "(ConnectError: " in paused[0] and "), all requests paused, " in paused[0]
 
 
 def test_burst_of_server_errors_opens_the_circuit_once_instead_of_spending_every_retry() -> None:
