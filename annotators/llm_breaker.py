@@ -32,10 +32,10 @@ class Breaker:
     def __init__(
         self,
         *,
-        give_up_after: float = GIVE_UP_AFTER,
+        give_up_after: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.give_up_after = give_up_after
+        self.give_up_after = GIVE_UP_AFTER if give_up_after is None else give_up_after
         self.opened = 0  # how many times the circuit opened this run
         self.last_error = ""
         self._clock = clock

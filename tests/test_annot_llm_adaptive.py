@@ -111,6 +111,38 @@ def test_server_stopped_and_restarted_on_the_same_port_loses_no_row(
     assert "(ConnectError: " in paused[0] and "), all requests paused, " in paused[0]
 
 
+def test_an_outage_longer_than_the_bound_leaves_rows_retryable_with_the_last_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cattune.annotators.llm_breaker as llm_breaker
+
+    monkeypatch.setattr(llm_breaker, "GIVE_UP_AFTER", 1.0)
+    inputs = rows(12, "Gone")
+    server = ScriptedChatServer(lambda request, attempt: Reply.completion(REPLY, delay=0.05))
+    server.start()
+
+    def stop_after_four() -> None:
+        while server.request_count < 4:
+            time.sleep(0.01)
+        server.stop()
+
+    thread = threading.Thread(target=stop_after_four)
+    thread.start()
+    try:
+        llm = annotator(server.base_url, timeout=5.0, concurrency=2)
+        results = llm.annotate(inputs)
+    finally:
+        thread.join()
+        server.stop()
+    lost = [r for r in results if isinstance(r, QuarantinedExample)]
+    assert len(lost) >= len(inputs) - 4 and all(r.retryable for r in lost)
+    assert all(r.error.startswith("the endpoint failed for ") for r in lost)
+    assert all(
+        "longer than the 1 s a run waits (last error: ConnectError: " in r.error for r in lost
+    )
+    assert llm.last_run.outages == 1
+
+
 def test_burst_of_server_errors_opens_the_circuit_once_instead_of_spending_every_retry() -> None:
     inputs = rows(40, "Burst")
     state = {"answered": 0, "failing_until": 0.0, "errors": 0}
