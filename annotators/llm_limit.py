@@ -43,7 +43,7 @@ SMOOTHING = 0.3  # weight of the newest sample in the per-request service time e
 
 @dataclass(frozen=True)
 class Slot:
-    """One request in flight: how many were in flight when it was sent, and when."""
+    """One request sent: how many were in flight when it was sent (itself included), and when."""
 
     n: int
     sent_at: float
@@ -104,9 +104,9 @@ class ConcurrencyLimit:
         self._limit = min(self.cap, self.target / self.service)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        """Wait (first come, first served) until fewer than :attr:`limit` requests are in
-        flight, then hold one place until the block ends."""
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait (first come, first served) until fewer than :attr:`limit` places are held, then
+        hold one until the block ends (a row holds it for one request and its SDK retries)."""
         if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
         else:
@@ -121,7 +121,7 @@ class ConcurrencyLimit:
                     self._waiters.remove(place)
                 raise
         try:
-            yield Slot(self.in_flight, self._clock())
+            yield
         finally:
             self._release()
 
