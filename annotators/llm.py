@@ -9,9 +9,12 @@ are kept and the rest is recorded on the row; a repair request goes out only whe
 placed or more than ``max_dropped_share`` was left out, and a row is quarantined
 (``retryable=False``) only when nothing can be placed after it. Timeouts, 408/409/429/5xx and
 connection errors are retried by the openai SDK (``max_retries``, its backoff, ``Retry-After`` up
-to 120 s); this module adds what the SDK lacks: a run-wide pause after a 429, request counting,
-and sorting failures into final and retryable. When retries run out the row is quarantined with
-``retryable=True`` so a later run retries only those rows.
+to 120 s); below them the run's transport (:mod:`cattune.annotators.llm_transport`) adapts
+the requests in flight (``concurrency`` is the ceiling), pauses the whole run while the endpoint
+is down (a circuit breaker) and stops a request after its second timeout; this module adds a
+run-wide pause after a 429, request counting, and sorting failures into final and retryable.
+When retries run out the row is quarantined with ``retryable=True`` so a later run retries only
+those rows.
 Every final reply is cached in SQLite (:mod:`cattune.annotators.llm_cache`), so re-running
 unchanged rows sends no request. The API key never leaves the HTTP client: not in logs, results,
 errors or reprs.
@@ -25,8 +28,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,7 +38,9 @@ from pydantic import SecretStr
 
 from cattune.annotators.base import AnnotationResult
 from cattune.annotators.llm_base import Decoding, PromptedAnnotator, RowFailed, run_sync
+from cattune.annotators.llm_breaker import Breaker
 from cattune.annotators.llm_cache import ReplyCache, cache_key
+from cattune.annotators.llm_limit import ConcurrencyLimit
 from cattune.annotators.llm_parse import final_result
 from cattune.annotators.llm_progress import RunProgress
 from cattune.annotators.llm_prompt import (
@@ -43,6 +48,13 @@ from cattune.annotators.llm_prompt import (
     Message,
     json_object_response_format,
     json_schema_response_format,
+)
+from cattune.annotators.llm_transport import (
+    CALL,
+    TIMEOUTS_PER_CALL,
+    CallCounts,
+    OutageError,
+    RunTransport,
 )
 from cattune.annotators.pack import PriorPack
 from cattune.schemas import (
@@ -67,7 +79,6 @@ STRUCTURED_OUTPUTS: tuple[StructuredOutput, ...] = ("auto", "json_schema", "json
 _FALLBACK: dict[str, StructuredOutput] = {"json_schema": "json_object", "json_object": "off"}
 _SERVER_TEXT = 300  # characters of a server's error text kept in a reason
 SDK_MAX_RETRY_AFTER = 120.0  # the openai SDK retries a 429 only when Retry-After is at most this
-_ROW_REQUESTS: ContextVar[list[int]] = ContextVar("cattune_row_requests")
 
 
 def default_cache_path() -> Path:
@@ -83,13 +94,14 @@ class RunStats:
     requests: int = 0
     annotated: int = 0
     quarantined: int = 0
+    outages: int = 0  # times the circuit breaker paused the run
 
 
 @dataclass
 class _Traffic:
     """HTTP hooks for one run: what the SDK does not do for us.
 
-    Counts every chat request (the run's and, through :data:`_ROW_REQUESTS`, the row's, SDK
+    Counts every chat request (the run's and, through the transport's ``CALL``, the call's, SDK
     retries included), holds every request of the run while a 429's ``Retry-After`` lasts
     (the SDK only delays the retry of the request that got it), and tells the SDK not to retry
     an error that names ``response_format`` (llama.cpp answers HTTP 500 to a json_schema it does
@@ -104,9 +116,9 @@ class _Traffic:
             await asyncio.sleep(wait)
         if request.url.path.endswith("/chat/completions"):
             self.stats.requests += 1
-            counter = _ROW_REQUESTS.get(None)
-            if counter is not None:
-                counter[0] += 1
+            call = CALL.get(None)
+            if call is not None:
+                call.requests += 1
 
     async def after(self, response: Any) -> None:
         if response.status_code < 400:
@@ -122,11 +134,28 @@ class _Traffic:
 @dataclass
 class _Run:
     client: AsyncOpenAI
+    limit: ConcurrencyLimit
     cache: ReplyCache | None
-    semaphore: asyncio.Semaphore
     mode: StructuredOutput  # what requests ask for now; "auto" negotiates down from json_schema
     stats: RunStats
     any_response: bool = field(default=False)
+    settled: bool = False  # a reply told which response_format the endpoint takes
+    _negotiation: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @asynccontextmanager
+    async def asking(self) -> AsyncIterator[None]:
+        """Until a reply settled the response_format (``auto``), one request at a time, so a
+        server that refuses it does so once rather than once for every row in flight."""
+        if not self.settled:
+            await self._negotiation.acquire()
+            if not self.settled:
+                try:
+                    yield
+                finally:
+                    self._negotiation.release()
+                return
+            self._negotiation.release()  # settled while this waited: no need to hold it
+        yield
 
 
 def _is_connect_failure(error: BaseException) -> bool:
@@ -176,6 +205,16 @@ def _server_text(error: Any) -> str:
         text = error.body.strip()
     text = " ".join(text.split()) or "no explanation given"
     return text if len(text) <= _SERVER_TEXT else text[: _SERVER_TEXT - 3] + "..."
+
+
+def _run_state(limit: ConcurrencyLimit, breaker: Breaker) -> str:
+    """What the progress display says about the traffic: in flight, or the outage."""
+    if breaker.is_open and not breaker.gave_up:
+        return (
+            f"endpoint failing for {breaker.down_for():.0f} s ({breaker.last_error}), "
+            "all requests paused"
+        )
+    return f"{limit.in_flight} in flight (limit {limit.limit} of {limit.ceiling})"
 
 
 def _reply_content(body: str) -> str:
@@ -306,8 +345,11 @@ class LLMAnnotator(PromptedAnnotator):
 
         run_sync(check())
 
-    def _client(self, traffic: _Traffic | None = None) -> AsyncOpenAI:
-        """The SDK client with its own retries, and the run's hooks (see :class:`_Traffic`)."""
+    def _client(
+        self, traffic: _Traffic | None = None, transport: RunTransport | None = None
+    ) -> AsyncOpenAI:
+        """The SDK client with its own retries, and the run's hooks (see :class:`_Traffic`) and
+        transport (adaptive concurrency, circuit breaker: see :class:`RunTransport`)."""
         from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         hooks = (
@@ -318,7 +360,7 @@ class LLMAnnotator(PromptedAnnotator):
             api_key=self._api_key.get_secret_value(),
             max_retries=self.max_retries,
             timeout=self.timeout,
-            http_client=DefaultAsyncHttpxClient(event_hooks=hooks),
+            http_client=DefaultAsyncHttpxClient(event_hooks=hooks, transport=transport),
         )
 
     async def _check_endpoint(self, client: AsyncOpenAI) -> None:
@@ -389,7 +431,9 @@ class LLMAnnotator(PromptedAnnotator):
         cache: ReplyCache | None,
         stats: RunStats,
     ) -> None:
-        client = self._client(_Traffic(stats))
+        breaker = Breaker()
+        limit = ConcurrencyLimit(self.concurrency, timeout=self.timeout)
+        client = self._client(_Traffic(stats), RunTransport(limit, breaker))
         try:
             await self._check_endpoint(client)
         except BaseException:
@@ -397,14 +441,16 @@ class LLMAnnotator(PromptedAnnotator):
             raise
         run = _Run(
             client,
+            limit,
             cache,
-            asyncio.Semaphore(self.concurrency),
             "json_schema" if self.structured_output == "auto" else self.structured_output,
             stats,
+            settled=self.structured_output != "auto",
         )
         progress = RunProgress(
             sum(map(len, pending.values())),
             requests=lambda: stats.requests,
+            state=lambda: _run_state(limit, breaker),
             enabled=self.progress,
         )
 
@@ -429,6 +475,7 @@ class LLMAnnotator(PromptedAnnotator):
                     await asyncio.gather(*tasks, return_exceptions=True)
                     raise failed.exception()  # type: ignore[misc]
         finally:
+            stats.outages = breaker.opened
             await client.close()
 
     async def _annotate_row(self, run: _Run, example: Example, key: str) -> AnnotationResult:
@@ -444,60 +491,78 @@ class LLMAnnotator(PromptedAnnotator):
         """One chat completion; returns (reply text, requests sent).
 
         The SDK retries timeouts, connection errors, 408/409/429 and 5xx (``max_retries``, with
-        its backoff and ``Retry-After`` up to 120 s); the hooks of :meth:`_client` count the
-        requests and hold the run during a 429's pause. Only a 200 whose body is not a chat
-        completion, which the SDK does not retry, is retried here.
+        its backoff and ``Retry-After`` up to 120 s); the run's transport
+        (:mod:`cattune.annotators.llm_transport`) limits what is in flight, holds requests while
+        the endpoint is down and stops a call after its second timeout; the hooks of
+        :meth:`_client` count the requests and hold the run during a 429's pause. Only a 200
+        whose body is not a chat completion, which the SDK does not retry, is retried here.
         """
         import openai
 
-        sent = [0]
-        _ROW_REQUESTS.set(sent)  # each row runs in its own task, so this counter is the row's
+        call = CallCounts()
+        CALL.set(call)  # each row runs in its own task, so these counts are this call's
         reason = ""
         for _ in range(self.max_retries + 1):
-            async with run.semaphore:
-                mode = run.mode
-                try:
+            try:
+                async with run.limit.slot(), run.asking():
+                    mode = run.mode
                     body = await run.client.post(
                         "/chat/completions",
                         cast_to=str,
                         body=self._request_body(messages, mode),
                         options={"timeout": self.timeout},
                     )
-                    content = _reply_content(body)
-                except openai.APIStatusError as error:
-                    run.any_response = True
-                    text = self._scrub(_server_text(error))
-                    if mode != "off" and _names_response_format(text):
-                        self._refuse_format(run, mode, text)
-                        continue
-                    self._raise_final(error, text, sent[0])
-                    raise RowFailed(
-                        self._retryable_reason(error, text, sent[0]), sent[0], retryable=True
-                    ) from None
-                except openai.APITimeoutError:
-                    raise RowFailed(
-                        f"no reply within the {self.timeout:g} s timeout; gave up after "
-                        f"{sent[0]} attempts",
-                        sent[0],
-                        retryable=True,
-                    ) from None
-                except openai.APIConnectionError as error:
-                    if _is_connect_failure(error) and not run.any_response:
-                        raise self._unreachable() from None
-                    cause = type(error.__cause__).__name__ if error.__cause__ else "unknown"
-                    what = "cannot connect" if _is_connect_failure(error) else "connection lost"
-                    raise RowFailed(
-                        f"{what} ({cause}); gave up after {sent[0]} attempts",
-                        sent[0],
-                        retryable=True,
-                    ) from None
-                except ValueError as error:
-                    run.any_response = True
-                    reason = f"malformed response body ({error})"
-                else:
-                    run.any_response = True
-                    return content, sent[0]
-        raise RowFailed(f"{reason}; gave up after {sent[0]} attempts", sent[0], retryable=True)
+                    run.settled = True
+                content = _reply_content(body)
+            except openai.APIStatusError as error:
+                run.any_response = True
+                text = self._scrub(_server_text(error))
+                if mode != "off" and _names_response_format(text):
+                    self._refuse_format(run, mode, text)
+                    continue
+                run.settled = True
+                self._raise_final(error, text, call.requests)
+                raise RowFailed(
+                    self._retryable_reason(error, text, call.requests),
+                    call.requests,
+                    retryable=True,
+                ) from None
+            except openai.APITimeoutError:
+                raise RowFailed(self._timeout_reason(call), call.requests, retryable=True) from None
+            except OutageError as error:
+                raise RowFailed(
+                    f"{self._scrub(error.message)}; gave up after {call.requests} attempts",
+                    call.requests,
+                    retryable=True,
+                ) from None
+            except openai.APIConnectionError as error:
+                if _is_connect_failure(error) and not run.any_response:
+                    raise self._unreachable() from None
+                cause = type(error.__cause__).__name__ if error.__cause__ else "unknown"
+                what = "cannot connect" if _is_connect_failure(error) else "connection lost"
+                raise RowFailed(
+                    f"{what} ({cause}); gave up after {call.requests} attempts",
+                    call.requests,
+                    retryable=True,
+                ) from None
+            except ValueError as error:
+                run.any_response = True
+                reason = f"malformed response body ({error})"
+            else:
+                run.any_response = True
+                return content, call.requests
+        raise RowFailed(
+            f"{reason}; gave up after {call.requests} attempts", call.requests, retryable=True
+        )
+
+    def _timeout_reason(self, call: CallCounts) -> str:
+        """Why a row that timed out is left for a later run, and what to change."""
+        times = "twice" if call.timeouts >= TIMEOUTS_PER_CALL else "once"
+        return (
+            f"no reply within the {self.timeout:g} s timeout ({times}; the same request would "
+            "most likely run as long again): raise --timeout or lower --max-tokens; gave up "
+            f"after {call.requests} attempts"
+        )
 
     @staticmethod
     def _retryable_reason(error: Any, text: str, sent: int) -> str:

@@ -2,7 +2,9 @@
 
 On a terminal: a transient rich bar. Without one (CI logs, ``nohup``, Prefect workers): one line
 every :data:`PROGRESS_EVERY` seconds, so a run longer than that shows that it is alive and how
-far it got, and a short run prints nothing.
+far it got, and a short run prints nothing. ``state`` adds what the run is doing (the HTTP
+annotator: requests in flight and its adaptive limit, or the outage it is waiting out); the bar
+shows it too, refreshed every :data:`PROGRESS_EVERY` seconds.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ class RunProgress:
         total: int,
         *,
         requests: Callable[[], int],
+        state: Callable[[], str] | None = None,
         enabled: bool | None = None,
         label: str = "LLM annotation",
     ) -> None:
         self.total = total
+        self._state = state
         self.done = 0
         self.label = label
         self._requests = requests
@@ -57,8 +61,7 @@ class RunProgress:
             )
             self._bar.add_task(self.label, total=self.total)
             self._bar.start()
-        else:
-            self._ticker = asyncio.create_task(self._tick())
+        self._ticker = asyncio.create_task(self._tick())
         return self
 
     async def __aexit__(
@@ -71,7 +74,7 @@ class RunProgress:
             self._bar.stop()
         if self._ticker is not None:
             self._ticker.cancel()
-            if self._lines and exc_type is None:
+            if self._bar is None and self._lines and exc_type is None:
                 self._line()  # the last state, after the lines that said it was running
 
     def advance(self, rows: int) -> None:
@@ -82,9 +85,10 @@ class RunProgress:
     def line(self) -> str:
         elapsed = time.monotonic() - self._started
         share = f" ({self.done / self.total:.0%})" if self.total else ""
+        state = f", {self._state()}" if self._state is not None else ""
         return (
-            f"{self.label}: {self.done}/{self.total} rows{share}, {self._requests()} requests, "
-            f"{elapsed:.0f} s"
+            f"{self.label}: {self.done}/{self.total} rows{share}, {self._requests()} requests"
+            f"{state}, {elapsed:.0f} s"
         )
 
     def _line(self) -> None:
@@ -94,4 +98,8 @@ class RunProgress:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(PROGRESS_EVERY)
-            self._line()
+            if self._bar is None:
+                self._line()
+            elif self._state is not None:
+                task = self._bar.task_ids[0]
+                self._bar.update(task, description=f"{self.label} ({self._state()})")

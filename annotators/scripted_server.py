@@ -15,6 +15,10 @@ With ``api_key`` set, every request (model list included) without ``Authorizatio
 ``response_formats`` limits the ``response_format`` types the server takes; any other type gets
 the answer llama-cpp-python's server gives (HTTP 500, its validation message naming
 ``response_format``) before the script is asked: :data:`LLAMA_CPP_FORMATS` emulates it.
+``slots=1`` makes it answer one chat request at a time, as llama.cpp's server with one slot does:
+the others wait in a first-come-first-served queue, and a reply's ``delay`` is spent holding the
+slot, even when the client has given up waiting (the server does not notice). ``port`` binds a
+given port, to start a server again where a stopped one was.
 """
 
 from __future__ import annotations
@@ -184,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
         scripted = self.server.scripted
         headers = {key.lower(): value for key, value in self.headers.items()}
         reply = scripted._next_reply(self.path, body, headers)
-        with scripted._track_in_flight():
+        with scripted._track_in_flight(), scripted._slot():
             if reply.delay and scripted._stopping.wait(reply.delay):
                 reply = Reply(action="close")
             self._answer(body, reply)
@@ -238,8 +242,15 @@ class ScriptedChatServer:
         models: Iterable[str] = (),
         response_formats: Iterable[str] = ALL_FORMATS,
         api_key: str | None = None,
+        slots: int | None = None,
+        port: int = 0,
     ) -> None:
         self.api_key = api_key
+        self.slots = slots
+        self._port = port
+        self._busy = 0
+        self._slot_queue: deque[threading.Event] = deque()
+        self._max_queued = 0
         self.models = list(models)
         self.response_formats = tuple(response_formats)
         self._lock = threading.Lock()
@@ -262,7 +273,7 @@ class ScriptedChatServer:
         self.stop()
 
     def start(self) -> None:
-        server = _Server((self._host, 0), _Handler)
+        server = _Server((self._host, self._port), _Handler)
         server.scripted = self
         self._server = server
         self._thread = threading.Thread(
@@ -272,6 +283,9 @@ class ScriptedChatServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        with self._lock:
+            for waiting in self._slot_queue:  # queued requests end (closed) with the server
+                waiting.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -303,6 +317,37 @@ class ScriptedChatServer:
         """The most chat requests that were being answered at the same moment."""
         with self._lock:
             return self._max_in_flight
+
+    @property
+    def max_queued(self) -> int:
+        """With ``slots``: the most chat requests that were waiting for a slot at once."""
+        with self._lock:
+            return self._max_queued
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold one of ``slots`` (first come, first served) for the block; free without slots."""
+        if self.slots is None:
+            yield
+            return
+        with self._lock:
+            turn = None
+            if self._busy < self.slots and not self._slot_queue:
+                self._busy += 1
+            else:
+                turn = threading.Event()
+                self._slot_queue.append(turn)
+                self._max_queued = max(self._max_queued, len(self._slot_queue))
+        if turn is not None:
+            turn.wait()  # the slot is handed over by the request that frees it
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._slot_queue:
+                    self._slot_queue.popleft().set()
+                else:
+                    self._busy -= 1
 
     @contextmanager
     def _track_in_flight(self) -> Iterator[None]:

@@ -178,7 +178,8 @@ def test_progress_lines_without_a_terminal(
     assert all(isinstance(r, AnnotatedExample) for r in results)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) >= 3 and all(line.startswith("LLM annotation: ") for line in lines)
-    assert lines[-1].startswith("LLM annotation: 4/4 rows (100%), 4 requests, ")
+    assert lines[-1].startswith("LLM annotation: 4/4 rows (100%), 4 requests, 0 in flight ")
+    assert all("in flight (limit 1 of 1), " in line for line in lines)
     done = [int(line.split(": ")[1].split("/")[0]) for line in lines]
     assert done == sorted(done) and done[0] < 4
 
