@@ -189,7 +189,10 @@ def annotate_shard(
         counts.rows_annotated,
         counts.rows_quarantined,
     )
-    highlights = [row for row in batch.annotated if row.relations][:HIGHLIGHTS]
+    # Only the first shards carry rows for the artifact: results stay small whatever the run size.
+    highlights = (
+        [r for r in batch.annotated if r.relations][:HIGHLIGHTS] if index < HIGHLIGHTS else []
+    )
     return ShardResult(staged=staged, highlights=highlights)
 
 
