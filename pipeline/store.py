@@ -622,7 +622,7 @@ def _merge_reader(
     """
     schema = STORE_SCHEMA.append(pa.field(_RESOLVED, pa.bool_())) if resolved else STORE_SCHEMA
 
-    def flagged(batch: pa.RecordBatch, status: str, flag: bool) -> pa.RecordBatch:
+    def flagged(batch: pa.RecordBatch, status: str, flag: bool) -> pa.RecordBatch | None:
         table = _with_status(pa.Table.from_batches([batch]), status)
         if resolved:
             table = table.append_column(_RESOLVED, pa.array([flag] * table.num_rows, pa.bool_()))
