@@ -1,23 +1,24 @@
 """The annotate flow: source file -> annotated rows -> one new version of a dataset.
 
-Steps: read and normalise the source (malformed rows are quarantined with their reason), drop rows
-already annotated under the annotator's ``config_hash`` (incremental runs), annotate the rest in
-shards as Prefect tasks (``.map`` over shards, retried on errors that are not the user's), then
-commit everything as one store write (one Delta commit: annotated and quarantined rows together)
-and publish a Markdown artifact. The body only orchestrates: reading, the incremental-skip query,
-source hashing, lineage, annotation and the commit are tasks.
+Steps (each a Prefect task; the body only orchestrates): hash the source, read the ids already
+annotated under the annotator's ``config_hash`` (incremental runs), read the source once into
+shard input files (malformed rows are staged as quarantine with their reason), annotate the
+shards (``.map``, retried on errors that are not the user's; each shard stages its annotated and
+quarantined rows to Parquet and returns only their paths and counts), then commit every staged
+file in one store write (one Delta commit) and publish a Markdown artifact. Memory is bounded by
+a few shards, not the source size.
 
-Nothing is written to the store until every shard is done, and the write is a single commit, so a
-run killed at any point leaves the dataset at its last version; re-running resumes
-(already-annotated rows are skipped, and the LLM annotator's on-disk cache answers the requests
-that had been answered).
+Staging lives under the store (``DatasetStore.staging_dir``), keyed by the source hash, the
+annotator configuration, the reading options and the dataset version it was planned against. A
+run killed before its commit leaves whole staged shards that the re-run reuses; a run killed
+after its commit leaves staging whose version is now stale: the re-run removes it, so nothing is
+committed twice. Nothing is written to the dataset until every shard is done.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,26 +29,25 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from cattune.annotators.base import AnnotationResult, Annotator, stable_hash
+from cattune.annotators.base import Annotator, stable_hash
 from cattune.annotators.options import AnnotatorOptions, options_for
 from cattune.annotators.registry import build_annotator
+from cattune.pipeline.annotate_run import (
+    RunCounts,
+    SourcePlan,
+    StagedPair,
+    annotate_examples,
+    plan_shards,
+    read_examples,
+    remove_staging,
+)
 from cattune.pipeline.names import validate_name
 from cattune.pipeline.sources import read_source
 from cattune.pipeline.store import DatasetStore, Lineage
 from cattune.pipeline.store_view import markdown
-from cattune.schemas import (
-    AnnotatedExample,
-    Annotation,
-    CattuneError,
-    ConfigError,
-    Example,
-    Meta,
-    QuarantinedExample,
-    file_sha256,
-)
+from cattune.schemas import AnnotatedExample, CattuneError, ConfigError, file_sha256
 
 LLM_TAG = "cattune-llm"
-SOURCE_ANNOTATOR = "source"
 HIGHLIGHTS = 3
 
 
@@ -68,8 +68,14 @@ class AnnotateSummary(BaseModel):
     rows_skipped: int = 0
     rows_annotated: int = 0
     rows_quarantined: int = 0
+    rows_retryable: int = Field(0, description="quarantined for reasons that may pass on a re-run")
+    requests: int = Field(0, description="LLM requests made (the llm annotator)")
+    cached: int = Field(0, description="rows answered from the LLM reply cache")
     shards: int = 0
-    quarantine_reasons: dict[str, int] = {}
+    shards_reused: int = Field(0, description="shards staged by a killed run and reused")
+    quarantine_reasons: dict[str, int] = Field(
+        {}, description="quarantined rows per reason kind (the reason before its details)"
+    )
 
 
 def source_sha256(path: str | Path) -> str:
@@ -120,36 +126,37 @@ def annotator_for(
     return cache[key]
 
 
-def _malformed(source: str, line: int, error: str, raw: str) -> QuarantinedExample:
-    example = Example.create(raw, "", Meta(source=source))
-    return QuarantinedExample(
-        **example.model_dump(),
-        annotation=Annotation(annotator=SOURCE_ANNOTATOR, annotator_version="1"),
-        error=f"{source}:{line}: {error}",
-        raw_output=raw,
-    )
+class ShardResult(BaseModel):
+    """What a shard task returns: its staged files, counts, and a few rows for the artifact."""
+
+    staged: StagedPair
+    reused: bool = False
+    highlights: list[AnnotatedExample] = []
 
 
 @task(name="load-source", cache_policy=NO_CACHE)
 def load_source(
     source: str,
-    format: str = "auto",
-    prompt_field: str | None = None,
-    completion_field: str | None = None,
-) -> tuple[list[Example], list[QuarantinedExample], int]:
-    """Examples (deduplicated by id), malformed rows as quarantine, and the number of rows read."""
-    examples: dict[str, Example] = {}
-    malformed: list[QuarantinedExample] = []
-    read = 0
-    for row in read_source(
+    format: str,
+    prompt_field: str | None,
+    completion_field: str | None,
+    staging: str,
+    done: frozenset[str],
+    shard_size: int,
+    annotator: tuple[str, str | None, dict],
+) -> SourcePlan:
+    """Read the source once into shard input files under ``staging`` (reused if already there)."""
+    rows = read_source(
         source, format=format, prompt_field=prompt_field, completion_field=completion_field
-    ):
-        read += 1
-        if row.example is None:
-            malformed.append(_malformed(Path(source).name, row.line, row.error or "", row.raw))
-        else:
-            examples.setdefault(row.example.id, row.example)
-    return list(examples.values()), malformed, read
+    )
+    return plan_shards(
+        rows,
+        annotator_for(*annotator),
+        source=Path(source).name,
+        done=done,
+        shard_size=shard_size,
+        staging=Path(staging),
+    )
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -165,29 +172,39 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     cache_policy=NO_CACHE,
 )
 def annotate_shard(
-    shard: list[Example], index: int, count: int, kind: str, pack: str | None, options: dict
-) -> list[AnnotationResult]:
-    results = annotator_for(kind, pack, options).annotate(shard)
-    if len(results) != len(shard):
-        raise RuntimeError(f"annotator returned {len(results)} results for {len(shard)} rows")
-    failed = sum(isinstance(r, QuarantinedExample) for r in results)
-    get_run_logger().info(
+    shard: str, index: int, count: int, kind: str, pack: str | None, options: dict
+) -> ShardResult:
+    """Annotate one shard input file and stage its output; a shard staged before is reused."""
+    logger = get_run_logger()
+    staged = StagedPair.for_input(shard)
+    if staged.exists():
+        staged.counts = staged.read_counts()
+        logger.info("shard %d/%d staged by an earlier run: reused", index + 1, count)
+        return ShardResult(staged=staged, reused=True)
+    labeller = annotator_for(kind, pack, options)
+    batch = annotate_examples(read_examples(shard), labeller)
+    counts = staged.stage([batch], labeller, RunCounts())
+    logger.info(
         "shard %d/%d done: %d rows annotated, %d quarantined",
         index + 1,
         count,
-        len(results) - failed,
-        failed,
+        counts.rows_annotated,
+        counts.rows_quarantined,
     )
-    return results
+    # Only the first shards carry rows for the artifact: results stay small whatever the run size.
+    highlights = (
+        [r for r in batch.annotated if r.relations][:HIGHLIGHTS] if index < HIGHLIGHTS else []
+    )
+    return ShardResult(staged=staged, highlights=highlights)
 
 
 @task(name="skip-done", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def skip_done(
-    store: DatasetStore, dataset: str, config_hash: str, examples: list[Example]
-) -> list[Example]:
-    """The examples not yet annotated under ``config_hash`` (incremental runs)."""
+def skip_done(store: DatasetStore, dataset: str, config_hash: str) -> tuple[frozenset[str], int]:
+    """Ids already annotated under ``config_hash`` (incremental runs) and the version read
+    (-1 for a dataset that does not exist yet)."""
+    version = store.version(dataset) if store.exists(dataset) else -1
     done = store.annotated_ids(dataset, config_hash, include_final_quarantine=True)
-    return [e for e in examples if e.id not in done]
+    return frozenset(done), version
 
 
 @task(name="hash-source", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -219,17 +236,26 @@ def run_lineage(
 def commit_version(
     store: DatasetStore,
     dataset: str,
-    rows: list[AnnotatedExample],
-    quarantined: list[QuarantinedExample],
+    plan: SourcePlan,
+    shards: list[ShardResult],
     lineage: Lineage,
-) -> tuple[int, bool]:
-    """One store write: the run's rows and quarantine land in one Delta commit."""
-    result = store.write(dataset, rows, quarantined, lineage)
-    return result.version, result.committed
-
-
-def _shards(examples: Sequence[Example], size: int) -> list[list[Example]]:
-    return [list(examples[i : i + size]) for i in range(0, len(examples), size)]
+) -> tuple[int | None, bool]:
+    """One store write from the staged files (one Delta commit), then the staging is removed."""
+    staged = [plan.malformed, *(shard.staged for shard in shards)]
+    version: int | None = None
+    committed = False
+    if any(pair.counts.rows_annotated or pair.counts.rows_quarantined for pair in staged):
+        result = store.write_parts(
+            dataset,
+            [pair.annotated for pair in staged],
+            [pair.quarantined for pair in staged],
+            lineage,
+        )
+        version, committed = result.version, result.committed
+    elif store.exists(dataset):
+        version = store.version(dataset)
+    remove_staging(plan.staging)
+    return version, committed
 
 
 def _flow_run_id() -> str | None:
@@ -266,20 +292,32 @@ def annotate_flow(
     options = dict(options or {})
     labeller = annotator_for(annotator, pack, options)
     config_hash = labeller.config_hash()
-    examples, malformed, read = load_source(source, format, prompt_field, completion_field)
-    digest = hash_source.submit(source)
     datasets = DatasetStore(store)
-    pending = skip_done(datasets, dataset, config_hash, examples)
+    digest = hash_source.submit(source)
+    done, base_version = skip_done(datasets, dataset, config_hash)
+    run_key = stable_hash([digest.result(), config_hash, format, prompt_field, completion_field])
+    plan = load_source(
+        source,
+        format,
+        prompt_field,
+        completion_field,
+        str(datasets.staging_dir(dataset, run_key, base_version)),
+        done,
+        shard_size,
+        (annotator, pack, options),
+    )
+    del done
+    read = plan.counts
     logger.info(
         "%s: %d rows read, %d malformed, %d already annotated with config %s, %d to annotate",
         source,
-        read,
-        len(malformed),
-        len(examples) - len(pending),
+        read.rows_read,
+        read.rows_malformed,
+        read.rows_skipped,
         config_hash,
-        len(pending),
+        read.rows_read - read.rows_malformed - read.rows_duplicate - read.rows_skipped,
     )
-    shards = _shards(pending, shard_size)
+    shards = plan.shards
     shard_task = annotate_shard.with_options(tags=[LLM_TAG] if annotator in ("llm", "vllm") else [])
     futures = shard_task.map(
         shards,
@@ -289,17 +327,12 @@ def annotate_flow(
         unmapped(pack),
         unmapped(options),
     )
-    skipped = len(examples) - len(pending)
-    lineage = run_lineage(source, digest.result(), annotator, pack, options, skipped)
-    results = [result for shard in futures.result() for result in shard]
-    rows = [r for r in results if isinstance(r, AnnotatedExample)]
-    quarantined = [*malformed, *(r for r in results if isinstance(r, QuarantinedExample))]
-    version: int | None = None
-    committed = False
-    if rows or quarantined:
-        version, committed = commit_version(datasets, dataset, rows, quarantined, lineage)
-    elif datasets.exists(dataset):
-        version = datasets.version(dataset)
+    lineage = run_lineage(source, digest.result(), annotator, pack, options, read.rows_skipped)
+    results = futures.result()
+    version, committed = commit_version(datasets, dataset, plan, results, lineage)
+    counts = read.model_copy(deep=True)
+    for result in results:
+        counts.add(result.staged.counts)
     summary = AnnotateSummary(
         dataset=dataset,
         version=version,
@@ -309,17 +342,13 @@ def annotate_flow(
         annotator=labeller.name,
         config_hash=config_hash,
         flow_run_id=lineage.flow_run_id,
-        rows_read=read,
-        rows_malformed=len(malformed),
-        rows_duplicate=read - len(malformed) - len(examples),
-        rows_skipped=lineage.rows_skipped,
-        rows_annotated=len(rows),
-        rows_quarantined=len(quarantined),
         shards=len(shards),
-        quarantine_reasons=dict(Counter(q.error for q in quarantined).most_common(10)),
+        shards_reused=sum(result.reused for result in results),
+        **counts.model_dump(),
     )
+    highlights = [row for result in results for row in result.highlights][:HIGHLIGHTS]
     create_markdown_artifact(
-        markdown=summary_markdown(summary, rows),
+        markdown=summary_markdown(summary, highlights),
         key=_artifact_key(dataset),
         description=f"annotate {dataset}: version {version}",
     )
@@ -327,8 +356,8 @@ def annotate_flow(
         "dataset %s version %s: %d annotated, %d quarantined, %d skipped",
         dataset,
         version,
-        len(rows),
-        len(quarantined),
+        summary.rows_annotated,
+        summary.rows_quarantined,
         summary.rows_skipped,
     )
     return summary

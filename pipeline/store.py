@@ -20,15 +20,18 @@ are refused with a message naming ``cattune datasets migrate``; see ``store_migr
 from __future__ import annotations
 
 import builtins
+import hashlib
 import logging
+import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 from pyarrow import fs as pafs
@@ -51,12 +54,17 @@ log = logging.getLogger(__name__)
 
 LINEAGE_PREFIX = "cattune."
 TABLE = "table"
+STAGING = "_staging"
 LEGACY_ROWS, LEGACY_QUARANTINE = "rows", "quarantine"
 ANNOTATED, QUARANTINED = "annotated", "quarantined"
 STATUS = "status"
 COMMITTED_AT = f"{LINEAGE_PREFIX}committed_at"
 IS_ANNOTATED, IS_QUARANTINED = f"{STATUS} = '{ANNOTATED}'", f"{STATUS} = '{QUARANTINED}'"
 _RESOLVED = "_cattune_resolved"
+READ_BATCH = 4096
+
+Part = pa.Table | str
+"""Rows to write: an Arrow table, or the path of a (local) Parquet file with a contract schema."""
 
 STORE_SCHEMA = pa.schema(
     [
@@ -196,6 +204,27 @@ class DatasetStore:
         validate_name(name)
         return f"{self.root}/{name}/{table}"
 
+    def staging_dir(self, name: str, key: str, version: int) -> Path:
+        """Where an annotate run stages its shard files before committing them.
+
+        ``<root>/<name>/_staging/<key>-v<version>`` for a local store; for an object store the
+        staging stays on local disk, ``$CATTUNE_HOME/staging/<hash of root>/<name>/...`` (the
+        flow's tasks must then share that disk: threads, or Dask workers on the same machine).
+        Folders of the same ``key`` staged against another version are stale (the dataset moved
+        on, e.g. that run committed and was killed before removing them) and are removed here.
+        """
+        validate_name(name)
+        if self.is_url:
+            digest = hashlib.sha256(self.root.encode()).hexdigest()[:16]
+            base = cattune_home() / "staging" / digest / name
+        else:
+            base = Path(self.root) / name / STAGING
+        current = base / f"{key}-v{version}"
+        for stale in base.glob(f"{key}-v*"):
+            if stale != current:
+                shutil.rmtree(stale, ignore_errors=True)
+        return current
+
     def exists(self, name: str) -> bool:
         self._refuse_legacy(name)
         return DeltaTable.is_deltatable(self.uri(name))
@@ -242,18 +271,43 @@ class DatasetStore:
         With nothing to write to an existing dataset, no commit is made and the current version
         is returned with ``committed=False``.
         """
+        rows = _dedupe(rows)
+        quarantined = _dedupe(quarantined)
+        return self.write_parts(
+            name,
+            [to_table(rows, AnnotatedExample)],
+            [to_table(quarantined, QuarantinedExample)],
+            lineage,
+        )
+
+    def write_parts(
+        self,
+        name: str,
+        annotated: Sequence[Part],
+        quarantined: Sequence[Part] = (),
+        lineage: Lineage | None = None,
+    ) -> WriteResult:
+        """``write`` from Arrow tables or Parquet files (paths), streamed into one merge commit.
+
+        The annotate flow commits its staged shard files this way: rows are read batch by batch
+        while Delta merges them, never all at once. Annotated ids must be unique across the parts
+        (a ``StoreError`` otherwise); a quarantined id that also annotates, or repeats, is dropped.
+        """
         validate_name(name)
         self._refuse_legacy(name)
-        rows = _dedupe(rows)
-        row_ids = {row.id for row in rows}
-        quarantined = [q for q in _dedupe(quarantined) if q.id not in row_ids]
+        row_ids = _ids(annotated)
+        if len(pc.unique(row_ids)) != len(row_ids):
+            raise StoreError(f"the rows to write to {name!r} repeat an id; deduplicate them first")
         lineage = (lineage or Lineage()).model_copy()
-        lineage.rows_annotated = len(rows)
-        lineage.rows_quarantined = len(quarantined)
-        source = merge_source(
-            to_table(rows, AnnotatedExample), to_table(quarantined, QuarantinedExample)
-        )
-        version, inserted, updated = self._upsert(name, source, pa.array(sorted(row_ids)), lineage)
+        lineage.rows_annotated = len(row_ids)
+        failures = _ids(quarantined)
+        failures = pc.unique(failures.filter(pc.invert(pc.is_in(failures, row_ids))))
+        lineage.rows_quarantined = len(failures)
+
+        def source(resolved: bool) -> pa.RecordBatchReader:
+            return _merge_reader(annotated, quarantined, row_ids, resolved=resolved)
+
+        version, inserted, updated = self._upsert(name, source, row_ids, lineage)
         committed = version is not None
         if version is None:
             version = self._table(name).version()
@@ -265,26 +319,34 @@ class DatasetStore:
             version,
             inserted,
             updated,
-            len(quarantined),
+            len(failures),
         )
         return WriteResult(
             dataset=name,
             version=version,
-            quarantine_version=version if quarantined and committed else None,
+            quarantine_version=version if len(failures) and committed else None,
             inserted=inserted,
             updated=updated,
-            quarantined=len(quarantined),
+            quarantined=len(failures),
             committed=committed,
         )
 
     def _upsert(
-        self, name: str, source: pa.Table, row_ids: pa.Array, lineage: Lineage
+        self,
+        name: str,
+        source: Callable[[bool], pa.RecordBatchReader],
+        row_ids: pa.Array,
+        lineage: Lineage,
     ) -> tuple[int | None, int, int]:
-        """Create the table or merge into it; returns (new version or None, inserted, updated)."""
+        """Create the table or merge into it; returns (new version or None, inserted, updated).
+
+        ``source(resolved)`` gives a fresh reader of the rows for each attempt; with ``resolved``
+        it adds the flagged deletions of resolved failures (the merge), without it not (creation).
+        """
         uri = self.uri(name)
+        empty = len(row_ids) == 0 and lineage.rows_quarantined == 0
         for attempt in range(self.max_retries + 1):
             if not DeltaTable.is_deltatable(uri):
-                initial = source.filter(pc.invert(source[_RESOLVED])).drop_columns([_RESOLVED])
                 lineage.rows_inserted, lineage.rows_updated = len(row_ids), 0
                 # No commit retries: if another writer created version 0 meanwhile, delta-rs
                 # would otherwise land this as a blind append (duplicate ids); merge instead.
@@ -292,14 +354,14 @@ class DatasetStore:
                     custom_metadata=lineage.to_metadata(), max_commit_retries=0
                 )
                 try:
-                    write_deltalake(uri, initial, mode="error", commit_properties=creating)
+                    write_deltalake(uri, source(False), mode="error", commit_properties=creating)
                     return 0, len(row_ids), 0
                 except (CommitFailedError, DeltaError) as error:
                     if not DeltaTable.is_deltatable(uri):
                         raise StoreError(f"cannot create dataset table at {uri}: {error}") from None
                     log.info("table %s was created concurrently; merging instead", uri)
                     continue
-            if source.num_rows == 0:
+            if empty:
                 return None, 0, 0
             table = DeltaTable(uri)
             updated = self._count_annotated(table, row_ids)
@@ -307,7 +369,7 @@ class DatasetStore:
             columns = {col: f"s.{col}" for col in STORE_SCHEMA.names}
             merger = (
                 table.merge(
-                    source,
+                    source(True),
                     f"t.id = s.id AND t.{STATUS} = s.{STATUS}",
                     source_alias="s",
                     target_alias="t",
@@ -535,20 +597,67 @@ class DatasetStore:
         return done
 
 
-def merge_source(annotated: pa.Table, quarantined: pa.Table) -> pa.Table:
-    """One merge source in ``STORE_SCHEMA``: rows, failures, and resolved-failure deletions.
+def _batches(part: Part, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    if isinstance(part, pa.Table):
+        yield from part.select(columns or part.column_names).to_batches()
+    else:
+        yield from pq.ParquetFile(part).iter_batches(batch_size=READ_BATCH, columns=columns)
+
+
+def _ids(parts: Sequence[Part]) -> pa.Array:
+    """The id column of every part, as one string array (ids are small next to rows)."""
+    chunks = [b.column(0).cast(pa.string()) for p in parts for b in _batches(p, ["id"])]
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+
+
+def _merge_reader(
+    annotated: Sequence[Part], quarantined: Sequence[Part], row_ids: pa.Array, *, resolved: bool
+) -> pa.RecordBatchReader:
+    """The merge source in ``STORE_SCHEMA``, streamed from the parts: rows, failures, and (with
+    ``resolved``) resolved-failure deletions.
 
     Every annotated id also gets a quarantined row flagged ``_cattune_resolved``, which deletes
-    that id's earlier failure (if any) in the same commit.
+    that id's earlier failure (if any) in the same commit. Failures whose id annotates, or that
+    repeat an earlier failure's id, are left out.
     """
-    rows = _with_status(annotated, ANNOTATED)
-    failures = _with_status(quarantined, QUARANTINED)
-    resolved = rows.set_column(
-        0, STORE_SCHEMA.field(STATUS), pa.array([QUARANTINED] * rows.num_rows, pa.string())
+    schema = STORE_SCHEMA.append(pa.field(_RESOLVED, pa.bool_())) if resolved else STORE_SCHEMA
+
+    def flagged(batch: pa.RecordBatch, status: str, flag: bool) -> pa.RecordBatch | None:
+        table = _with_status(pa.Table.from_batches([batch]), status)
+        if resolved:
+            table = table.append_column(_RESOLVED, pa.array([flag] * table.num_rows, pa.bool_()))
+        return table.combine_chunks().to_batches()[0] if table.num_rows else None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for part in annotated:
+            for batch in _batches(part):
+                if (out := flagged(batch, ANNOTATED, False)) is not None:
+                    yield out
+        seen: set[str] = set()
+        for part in quarantined:
+            for batch in _batches(part):
+                ids = batch.column(batch.schema.get_field_index("id")).cast(pa.string())
+                keep = pc.invert(pc.is_in(ids, row_ids)).to_pylist()
+                for i, value in enumerate(ids.to_pylist()):
+                    keep[i] = keep[i] and value not in seen
+                    if keep[i]:
+                        seen.add(value)
+                if (out := flagged(batch.filter(pa.array(keep)), QUARANTINED, False)) is not None:
+                    yield out
+        if resolved:
+            for part in annotated:
+                for batch in _batches(part):
+                    if (out := flagged(batch, QUARANTINED, True)) is not None:
+                        yield out
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def store_rows(annotated: pa.Table, quarantined: pa.Table) -> pa.Table:
+    """Annotated and quarantined contract tables as one table in ``STORE_SCHEMA``."""
+    return pa.concat_tables(
+        [_with_status(annotated, ANNOTATED), _with_status(quarantined, QUARANTINED)]
     )
-    flags = [False] * (rows.num_rows + failures.num_rows) + [True] * resolved.num_rows
-    table = pa.concat_tables([rows, failures, resolved])
-    return table.append_column(_RESOLVED, pa.array(flags, pa.bool_()))
 
 
 def _with_status(table: pa.Table, status: str) -> pa.Table:

@@ -14,18 +14,16 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from cattune.pipeline.store import (
-    _RESOLVED,
     COMMITTED_AT,
     LEGACY_QUARANTINE,
     LEGACY_ROWS,
     LINEAGE_PREFIX,
     Commit,
     DatasetStore,
-    merge_source,
+    store_rows,
 )
 from cattune.schemas import AnnotatedExample, QuarantinedExample, StoreError, conform, to_table
 
@@ -58,8 +56,7 @@ def migrate(store: DatasetStore, name: str) -> int:
             quarantine = DeltaTable(quarantine_uri, version=quarantine_version)
             failures = conform(DatasetStore._scan(quarantine), QuarantinedExample)
         # A failure of an id that is annotated too stays: both tables held it at this version.
-        merged = merge_source(rows, failures)
-        table = merged.filter(pc.invert(merged[_RESOLVED])).drop_columns([_RESOLVED])
+        table = store_rows(rows, failures)
         properties = CommitProperties(
             custom_metadata=_metadata(entry, version), max_commit_retries=0
         )

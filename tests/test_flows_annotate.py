@@ -49,7 +49,8 @@ def test_cat_file_end_to_end(prefect_harness: None, reference_data: Path, tmp_pa
     store = DatasetStore(store_root)
     assert len(store.read("stg-cat", 0)) == summary.rows_annotated
     reasons = [q.error for q in store.quarantine("stg-cat")]
-    assert any(r.startswith("stg_a.jsonl:151:") for r in reasons)
+    assert any(r.startswith("malformed source row: ") and "(row 151)" in r for r in reasons)
+    assert summary.quarantine_reasons["malformed source row"] == 1
     lineage = store.history("stg-cat")[0].lineage
     assert lineage is not None
     assert lineage.annotator == "given" and lineage.flow_run_id == summary.flow_run_id
@@ -203,3 +204,67 @@ def test_flow_body_only_orchestrates(
     }
     assert "commit-version" in retries and "load-source" in retries
     assert sum(run.name.startswith("annotate-shard") for run in runs) == 3
+
+
+def staged_folders(store_root: str, dataset: str) -> list[Path]:
+    return sorted((Path(store_root) / dataset / "_staging").glob("*"))
+
+
+def test_a_run_killed_before_its_commit_reuses_its_staged_shards(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store_root = str(tmp_path / "store")
+    source = write_jsonl(tmp_path / "src.jsonl", cat_rows(0, 30), ["{broken"])
+
+    def killed(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise RuntimeError("the process died before the commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DatasetStore, "write_parts", killed)
+        with pytest.raises(RuntimeError, match="died before the commit"):
+            annotate_flow(
+                str(source),
+                "staged",
+                annotator="given",
+                format="cat",
+                store=store_root,
+                shard_size=10,
+            )
+    (folder,) = staged_folders(store_root, "staged")
+    assert len(list(folder.glob("shard-*.annotated.parquet"))) == 3
+    assert not DatasetStore(store_root).exists("staged")
+
+    summary = annotate_flow(
+        str(source), "staged", annotator="given", format="cat", store=store_root, shard_size=10
+    )
+    assert (summary.version, summary.shards, summary.shards_reused) == (0, 3, 3)
+    assert (summary.rows_annotated, summary.rows_malformed, summary.rows_quarantined) == (30, 1, 1)
+    store = DatasetStore(store_root)
+    assert len(store.read("staged")) == 30 and len(store.quarantine("staged")) == 1
+    assert staged_folders(store_root, "staged") == []
+
+
+def test_a_run_killed_after_its_commit_never_commits_its_staging_twice(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state a kill between the commit and the staging's removal leaves behind."""
+    import cattune.flows.annotate as module
+
+    store_root = str(tmp_path / "store")
+    source = write_jsonl(tmp_path / "src.jsonl", cat_rows(0, 25))
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "remove_staging", lambda staging: None)
+        first = annotate_flow(
+            str(source), "twice", annotator="given", format="cat", store=store_root, shard_size=10
+        )
+    assert (first.version, first.committed, first.rows_annotated) == (0, True, 25)
+    (left,) = staged_folders(store_root, "twice")
+    assert left.name.endswith("-v-1")
+
+    again = annotate_flow(
+        str(source), "twice", annotator="given", format="cat", store=store_root, shard_size=10
+    )
+    assert (again.version, again.committed, again.shards_reused) == (0, False, 0)
+    assert (again.rows_skipped, again.rows_annotated) == (25, 0)
+    assert [c.version for c in DatasetStore(store_root).history("twice")] == [0]
+    assert staged_folders(store_root, "twice") == []

@@ -26,6 +26,12 @@ def cat_file(path: Path, start: int, stop: int) -> Path:
     return path
 
 
+def summary_lines(printed: str) -> list[str]:
+    """The counts a run prints, without where the rows went and the dataset-only lines."""
+    lines = [line.split(" -> ")[0] for line in printed.splitlines()]
+    return [line for line in lines if not line.startswith(("dataset ", "skipped "))]
+
+
 @pytest.mark.prefect
 def test_annotate_dataset_mode_then_inspect(
     prefect_harness: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -35,11 +41,14 @@ def test_annotate_dataset_mode_then_inspect(
     argv = ["annotate", str(source), "--annotator", "given", "--format", "cat"]
     assert main([*argv, "--dataset", "cases", "--store", store, "--batch-size", "8"]) == 0
     out = capsys.readouterr().out
-    assert "cases: version 0" in out and "annotated   30 in 4 shards" in out
+    assert "cases: version 0 (4 shards)" in out and "annotated   30 -> cases@0" in out
+    assert main([*argv, "--out", str(tmp_path / "file.parquet")]) == 0
+    assert summary_lines(capsys.readouterr().out) == summary_lines(out)  # one summary format
     cat_file(source, 0, 33)
     assert main([*argv, "--dataset", "cases", "--store", store, "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    assert "cases: version 1" in out and "skipped     30" in out and "annotated   3 in 1" in out
+    assert "cases: version 1 (1 shards)" in out and "skipped     30" in out
+    assert "annotated   3 -> cases@1" in out
     assert main(["datasets", "diff", "cases@0", "cases@1", "--store", store]) == 0
     assert "3 rows added, 0 removed, 0 relabelled" in capsys.readouterr().out
 

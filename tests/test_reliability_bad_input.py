@@ -50,7 +50,7 @@ def annotate_file(
     assert code == 0, err
     good = pq.read_table(out)
     bad = pq.read_table(out.with_name(f"{out.stem}.quarantine.parquet"))
-    assert f"rows        {good.num_rows + bad.num_rows}" in stdout
+    assert f"rows read   {good.num_rows + bad.num_rows} (" in stdout
     assert all(error.strip() for error in bad.column("error").to_pylist())
     return good, bad
 
@@ -159,7 +159,7 @@ def test_parquet_with_wrong_column_types(
         assert_user_error(code, err)
     else:
         bad = pq.read_table(tmp_path / "o.quarantine.parquet")
-        assert bad.num_rows == 2 and "rows        2" in out
+        assert bad.num_rows == 2 and "rows read   2 (" in out
 
 
 def test_five_megabyte_prompt_is_quarantined_not_a_crash(

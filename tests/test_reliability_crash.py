@@ -12,7 +12,12 @@ Two layers, chosen for cost (a subprocess Prefect flow pays ~5-10 s of imports a
 * 4 kills of the real annotate flow in a subprocess (against the session's Prefect test server,
   LLM annotator on a scripted server): during the LLM calls, at a random moment, right after the
   first shard finished and right after the last (in the commit task). Every version then holds each
-  source row exactly once, annotated or quarantined; a re-run of the flow completes.
+  source row exactly once, annotated or quarantined; a re-run of the flow completes (reusing the
+  shards the killed run staged) and leaves no staging behind.
+* 2 kills of the flow at exact points, from inside its process: every shard staged but the commit
+  not written, and the commit written but the staging not yet removed. The re-run commits the
+  staged shards without annotating them again, or finds the commit and drops the staging: never a
+  second commit of the same staged files.
 """
 
 from __future__ import annotations
@@ -215,9 +220,13 @@ def test_sigkill_of_the_annotate_flow_then_rerun_completes(
         os.environ["CATTUNE_REL_KEY"] = CANARY
         try:
             for root in roots:
+                committed_before = DatasetStore(root).exists("crashflow")
                 summary = annotate_flow(
                     str(source), "crashflow", "llm", PACK, options, store=root, shard_size=40
                 )
+                if root == roots[3] and not committed_before:  # killed after the last shard
+                    assert summary.shards_reused == SHARDS
+                assert staged(root) == []
                 store = DatasetStore(root)
                 done = store.read("crashflow")
                 quarantined = store.quarantine("crashflow")
@@ -228,6 +237,69 @@ def test_sigkill_of_the_annotate_flow_then_rerun_completes(
                 check_flow_store(root, rows)
         finally:
             del os.environ["CATTUNE_REL_KEY"]
+
+
+def staged(root: str) -> list[Path]:
+    return sorted((Path(root) / "crashflow" / "_staging").glob("*"))
+
+
+POINT_FLOW = """
+import os, signal, sys
+from cattune.flows import annotate
+from cattune.pipeline.store import DatasetStore
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[3] == "before-commit":
+    DatasetStore.write_parts = die
+else:
+    annotate.remove_staging = die
+annotate.annotate_flow(
+    sys.argv[1], "crashflow", annotator="given", format="cat", store=sys.argv[2], shard_size=25
+)
+"""
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("point", ["before-commit", "after-commit"])
+def test_sigkill_between_staging_and_commit_then_rerun(
+    prefect_harness: None, reference_data: Path, tmp_path: Path, point: str
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from cattune.flows.annotate import annotate_flow
+
+    lines = (reference_data / "STG" / "spurious_token_game_train3_S.jsonl").read_text()
+    source = tmp_path / "stg.jsonl"
+    source.write_text("\n".join(lines.splitlines()[:100]) + "\n")
+    root = str(tmp_path / "store")
+    env = os.environ | {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    killed = subprocess.run(
+        [sys.executable, "-c", POINT_FLOW, str(source), root, point],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    (folder,) = staged(root)
+    shards = sorted(folder.glob("shard-*.annotated.parquet"))
+    assert len(shards) == 4
+    store = DatasetStore(root)
+    assert store.exists("crashflow") == (point == "after-commit")
+
+    summary = annotate_flow(
+        str(source), "crashflow", annotator="given", format="cat", store=root, shard_size=25
+    )
+    assert summary.version == 0
+    assert [c.version for c in store.history("crashflow")] == [0]
+    if point == "before-commit":
+        assert (summary.committed, summary.shards_reused, summary.rows_annotated) == (True, 4, 100)
+    else:
+        assert (summary.committed, summary.rows_skipped, summary.rows_annotated) == (False, 100, 0)
+    assert len(store.read("crashflow")) + len(store.quarantine("crashflow")) == 100
+    assert staged(root) == []
 
 
 def check_flow_store(root: str, rows: int) -> None:

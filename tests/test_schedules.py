@@ -141,7 +141,8 @@ def test_serve_fires_schedules_and_reports_failures(
     [artifact] = prefect_server.artifacts(run["id"])
     assert artifact["key"] == "annotate-scheduled" and artifact["type"] == "markdown"
     assert "| 13 | 1 | 0 | 0 | 12 | 1 |" in artifact["data"]  # read, malformed, ..., quarantined
-    assert "## Quarantine reasons" in artifact["data"] and "cases.jsonl:13" in artifact["data"]
+    assert "## Quarantine reasons" in artifact["data"]
+    assert "- **1 row**: malformed source row\n" in artifact["data"]  # reasons by kind
 
     failed = prefect_server.run_in_state("serve-missing", "FAILED", [serve], RUN_TIMEOUT)
     message = failed["state"]["message"]

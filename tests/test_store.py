@@ -351,3 +351,38 @@ def test_every_version_matches_a_model_of_the_upsert(batches: list) -> None:
             got = {r.id: r.annotation.config_hash for r in store.read("m", version)}
             bad = {q.id: q.annotation.config_hash for q in store.quarantine("m", version)}
             assert (got, bad) == (want_rows, want_failed)
+
+
+def test_write_parts_from_parquet_files_is_one_commit_like_write(
+    store: DatasetStore, tmp_path: Path
+) -> None:
+    """Staged files stream into one merge; a failure of an annotated id or a repeat is left out."""
+    import pyarrow.parquet as pq
+
+    from cattune.schemas import to_table
+
+    store.write("files", [row(0)], [failed(1), failed(2)])
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for name, records, model in [
+        ("a0", [row(1), row(3)], AnnotatedExample),
+        ("a1", [row(4)], AnnotatedExample),
+        ("q0", [failed(3), failed(5)], QuarantinedExample),  # row 3 annotates: dropped
+        ("q1", [failed(5), failed(6)], QuarantinedExample),  # failure 5 repeats: once
+    ]:
+        pq.write_table(to_table(records, model), parts / f"{name}.parquet")
+    result = store.write_parts(
+        "files",
+        [str(parts / "a0.parquet"), str(parts / "a1.parquet")],
+        [str(parts / "q0.parquet"), str(parts / "q1.parquet")],
+        Lineage(write_id="files-1"),
+    )
+    assert (result.version, result.inserted, result.updated, result.quarantined) == (1, 3, 0, 2)
+    assert {r.id for r in store.read("files")} == {row(i).id for i in (0, 1, 3, 4)}
+    assert {q.id for q in store.quarantine("files")} == {failed(i).id for i in (2, 5, 6)}
+    lineage = store.history("files")[-1].lineage
+    assert lineage is not None and (lineage.rows_annotated, lineage.rows_quarantined) == (3, 2)
+
+    with pytest.raises(StoreError, match="repeat an id"):
+        store.write_parts("files", [str(parts / "a0.parquet"), str(parts / "a0.parquet")])
+    assert store.version("files") == 1

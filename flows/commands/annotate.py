@@ -3,30 +3,25 @@
 Every source row ends in exactly one of two Parquet files: OUT (AnnotatedExample rows) or
 ``<stem>.quarantine.parquet`` next to it (QuarantinedExample rows: annotator failures with their
 reason, and malformed source rows with the source's error and the raw row as prompt). Rows are
-streamed in batches; both files are written to temporary names and moved into place only when
-the whole source is done, so a failed run leaves no half-written output (LLM replies it got are
-kept in the reply cache and not paid for again).
+streamed in batches through the same pipeline as dataset mode (``cattune.pipeline.annotate_run``);
+both files are staged under hidden names and moved into place only when the whole source is done,
+so a failed run leaves no half-written output (LLM replies it got are kept in the reply cache and
+not paid for again).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cattune.annotators.base import reason_kind
 from cattune.annotators.options import KINDS
 from cattune.schemas import ConfigError
 
 if TYPE_CHECKING:
-    from cattune.annotators.base import Annotator
     from cattune.annotators.options import AnnotatorOptions
-    from cattune.pipeline.sources import SourceRow
-    from cattune.schemas import AnnotatedExample, QuarantinedExample
+    from cattune.pipeline.annotate_run import RunCounts
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -125,85 +120,10 @@ def annotator_options(args: argparse.Namespace) -> AnnotatorOptions:
     return options_for(args.annotator, given)
 
 
-@dataclass
-class Counts:
-    annotated: int = 0
-    quarantined: int = 0
-    malformed: int = 0
-    retryable: int = 0
-    requests: int = 0
-    cached: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-
-
-def source_error_row(row: SourceRow, annotator: Annotator, source: str) -> QuarantinedExample:
-    """A malformed source row, kept with the source's error and its raw text as prompt."""
-    from cattune.pipeline.sources import malformed_row
-    from cattune.schemas import Annotation
-
-    annotation = Annotation(
-        annotator=annotator.name,
-        annotator_version=annotator.version,
-        config_hash=annotator.config_hash(),
-        attempts=0,
-    )
-    return malformed_row(row, annotation, source)
-
-
-@dataclass
-class Batch:
-    """One batch's output; ``malformed`` of the quarantined rows are malformed source rows."""
-
-    annotated: list[AnnotatedExample]
-    quarantined: list[QuarantinedExample]
-    malformed: int
-
-
-def annotate_rows(
-    rows: Iterable[SourceRow], annotator: Annotator, *, source: str, batch_size: int
-) -> Iterator[Batch]:
-    """Annotate source rows batch by batch; each input row lands in exactly one output list."""
-    from cattune.schemas import AnnotatedExample, QuarantinedExample
-
-    batch: list[SourceRow] = []
-
-    def flush() -> Batch:
-        done = Batch([], [], 0)
-        examples = [row.example for row in batch if row.example is not None]
-        results = iter(annotator.annotate(examples) if examples else [])
-        for row in batch:
-            if row.example is None:
-                done.quarantined.append(source_error_row(row, annotator, source))
-                done.malformed += 1
-                continue
-            result = next(results, None)
-            if result is None or result.id != row.example.id:
-                raise RuntimeError(f"annotator {annotator.name!r} broke one-result-per-row")
-            if isinstance(result, AnnotatedExample):
-                done.annotated.append(result)
-            elif isinstance(result, QuarantinedExample):
-                done.quarantined.append(result)
-            else:
-                raise RuntimeError(f"annotator {annotator.name!r} returned {type(result).__name__}")
-        if next(results, None) is not None:
-            raise RuntimeError(f"annotator {annotator.name!r} returned more results than rows")
-        batch.clear()
-        return done
-
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= batch_size:
-            yield flush()
-    if batch:
-        yield flush()
-
-
 def run(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
-
     from cattune.annotators.registry import build_annotator
+    from cattune.pipeline.annotate_run import RunCounts, StagedPair, annotate_rows
     from cattune.pipeline.sources import read_source
-    from cattune.schemas import AnnotatedExample, QuarantinedExample, arrow_schema, to_table
 
     if args.dataset:
         return run_dataset_mode(args)
@@ -224,29 +144,19 @@ def run(args: argparse.Namespace) -> int:
         completion_field=args.completion_field,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = [
-        out.with_name(f".{out.name}.partial"),
-        quarantine.with_name(f".{quarantine.name}.partial"),
-    ]
-    counts = Counts()
+    staged = StagedPair.at(out.with_name(f".{out.stem}.staged"))
+    batches = annotate_rows(rows, annotator, source=source.name, batch_size=args.batch_size)
     try:
-        with (
-            pq.ParquetWriter(partial[0], arrow_schema(AnnotatedExample)) as good_writer,
-            pq.ParquetWriter(partial[1], arrow_schema(QuarantinedExample)) as bad_writer,
-        ):
-            for batch in annotate_rows(
-                rows, annotator, source=source.name, batch_size=args.batch_size
-            ):
-                good_writer.write_table(to_table(batch.annotated, AnnotatedExample))
-                bad_writer.write_table(to_table(batch.quarantined, QuarantinedExample))
-                _count(counts, batch, annotator)
-        partial[0].replace(out)
-        partial[1].replace(quarantine)
+        counts = staged.stage(batches, annotator, RunCounts())
+        counts.rows_read = counts.rows_annotated + counts.rows_quarantined
+        staged.move_to(out, quarantine)
     finally:
-        for path in partial:
-            path.unlink(missing_ok=True)
-    _report(counts, out, quarantine, args.annotator)
-    return exit_status(args.annotator, counts.annotated, counts.quarantined, counts.retryable)
+        Path(staged.annotated).unlink(missing_ok=True)
+        Path(staged.quarantined).unlink(missing_ok=True)
+    report(counts, args.annotator, annotated_to=str(out), quarantined_to=str(quarantine))
+    return exit_status(
+        args.annotator, counts.rows_annotated, counts.rows_quarantined, counts.rows_retryable
+    )
 
 
 def check_endpoint(annotator: Any) -> None:
@@ -277,29 +187,29 @@ def exit_status(kind: str, annotated: int, quarantined: int, retryable: int) -> 
     return 1
 
 
-def _count(counts: Counts, batch: Batch, annotator: Any) -> None:
-    counts.annotated += len(batch.annotated)
-    counts.quarantined += len(batch.quarantined)
-    counts.malformed += batch.malformed
-    counts.retryable += sum(row.retryable for row in batch.quarantined)
-    counts.reasons.update(reason_kind(row.error) for row in batch.quarantined)
-    stats = getattr(annotator, "last_run", None)  # the LLM annotator's request statistics
-    if stats is not None:
-        counts.requests += stats.requests
-        counts.cached += stats.cached
-
-
-def _report(counts: Counts, out: Path, quarantine: Path, kind: str) -> None:
-    total = counts.annotated + counts.quarantined
-    print(f"rows        {total}")
-    print(f"annotated   {counts.annotated} -> {out}")
+def report(
+    counts: RunCounts,
+    kind: str,
+    *,
+    annotated_to: str,
+    quarantined_to: str,
+    skipped: bool = False,
+) -> None:
+    """The run's summary, the same lines in file mode and dataset mode."""
     print(
-        f"quarantined {counts.quarantined} -> {quarantine} "
-        f"({counts.malformed} malformed source rows, {counts.retryable} retryable)"
+        f"rows read   {counts.rows_read} ({counts.rows_malformed} malformed, "
+        f"{counts.rows_duplicate} repeating an earlier row)"
+    )
+    if skipped:
+        print(f"skipped     {counts.rows_skipped} (already annotated with this configuration)")
+    print(f"annotated   {counts.rows_annotated} -> {annotated_to}")
+    print(
+        f"quarantined {counts.rows_quarantined} -> {quarantined_to} "
+        f"({counts.rows_malformed} malformed source rows, {counts.rows_retryable} retryable)"
     )
     if kind == "llm":
         print(f"requests    {counts.requests} ({counts.cached} rows from cache)")
-    for reason, n in counts.reasons.most_common(3):
+    for reason, n in counts.top_reasons(3):
         print(f"  {n} x {reason}")
 
 
@@ -375,26 +285,13 @@ def run_dataset_mode(args: argparse.Namespace) -> int:
         store=args.store,
         shard_size=args.batch_size,
     )
-    state = f"version {summary.version}" if summary.committed else "no new version"
-    print(f"dataset     {summary.dataset}: {state}")
-    print(
-        f"rows read   {summary.rows_read} ({summary.rows_malformed} malformed, "
-        f"{summary.rows_duplicate} repeating an earlier row)"
-    )
-    print(f"skipped     {summary.rows_skipped} (already annotated with this configuration)")
-    print(f"annotated   {summary.rows_annotated} in {summary.shards} shards")
-    print(f"quarantined {summary.rows_quarantined}")
-    kinds: Counter[str] = Counter()
-    for reason, n in summary.quarantine_reasons.items():
-        kinds[reason_kind(reason)] += n
-    for reason, n in kinds.most_common(3):
-        print(f"  {n} x {reason}")
-    retryable = 0
-    if summary.rows_quarantined and args.annotator in ("llm", "vllm"):
-        from cattune.pipeline.store import DatasetStore
+    from cattune.pipeline.annotate_run import RunCounts
 
-        retryable = sum(
-            q.retryable and q.annotation.config_hash == summary.config_hash
-            for q in DatasetStore(args.store).quarantine(summary.dataset)
-        )
-    return exit_status(args.annotator, summary.rows_annotated, summary.rows_quarantined, retryable)
+    state = f"version {summary.version}" if summary.committed else "no new version"
+    print(f"dataset     {summary.dataset}: {state} ({summary.shards} shards)")
+    counts = RunCounts.model_validate(summary.model_dump(include=set(RunCounts.model_fields)))
+    target = f"{summary.dataset}@{summary.version}"
+    report(counts, args.annotator, annotated_to=target, quarantined_to=target, skipped=True)
+    return exit_status(
+        args.annotator, summary.rows_annotated, summary.rows_quarantined, summary.rows_retryable
+    )
