@@ -102,18 +102,23 @@ def measure(concurrency: int, n_rows: int, latency: float) -> tuple[float, float
     return n_rows / elapsed, cpu / n_rows * 1000
 
 
+def scripted_annotator(base_url: str) -> LLMAnnotator:
+    """The LLM annotator as a user would start it, with ``--timeout`` ONE_SLOT_TIMEOUT."""
+    return LLMAnnotator(
+        load_pack("key-value-records"),
+        model="scripted",
+        base_url=base_url,
+        api_key="benchmark",
+        timeout=ONE_SLOT_TIMEOUT,
+        cache=False,
+        progress=False,
+    )
+
+
 def one_slot() -> tuple[float, int, int]:
     """(seconds, rows annotated, requests the server received) for the 1-slot scenario."""
     with endpoint(ONE_SLOT_LATENCY, slots=1) as (base_url, received):
-        annotator = LLMAnnotator(
-            load_pack("key-value-records"),
-            model="scripted",
-            base_url=base_url,
-            api_key="benchmark",
-            timeout=ONE_SLOT_TIMEOUT,
-            cache=False,
-            progress=False,
-        )
+        annotator = scripted_annotator(base_url)
         start = time.perf_counter()
         results = annotator.annotate(rows(ONE_SLOT_ROWS, "one-slot"))
         elapsed = time.perf_counter() - start
@@ -143,15 +148,7 @@ def restart() -> tuple[float, int, int]:
     thread = threading.Thread(target=outage)
     thread.start()
     try:
-        annotator = LLMAnnotator(
-            load_pack("key-value-records"),
-            model="scripted",
-            base_url=first.base_url,
-            api_key="benchmark",
-            timeout=ONE_SLOT_TIMEOUT,
-            cache=False,
-            progress=False,
-        )
+        annotator = scripted_annotator(first.base_url)
         start = time.perf_counter()
         results = annotator.annotate(rows(RESTART_ROWS, "restart"))
         elapsed = time.perf_counter() - start

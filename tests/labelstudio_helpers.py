@@ -11,8 +11,6 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,42 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from server_helpers import free_port, run_setup_script, serving, stop_process_group
 from websockets.sync.client import connect
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD, TOKEN = "reviewer@example.com", "review-pass-1", "cattune-review-token-0001"
 STARTUP_SECONDS = 600
 
 
 def install_labelstudio() -> Path:
     """Run the idempotent setup script; returns the label-studio executable."""
-    done = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "setup_labelstudio.sh")],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/setup_labelstudio.sh failed: {done.stderr[-2000:]}")
-    return REPO_ROOT / done.stdout.strip().splitlines()[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, SIGKILL what is left after 20 s."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
+    return run_setup_script("setup_labelstudio.sh", timeout=1800)
 
 
 @dataclass
@@ -117,27 +89,17 @@ def running_labelstudio(workdir: Path) -> Iterator[LabelStudio]:
         TOKEN,
         "--enable-legacy-api-token",
     ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"Label Studio exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Label Studio did not start in {STARTUP_SECONDS} s")
-            time.sleep(2)
+    with serving(
+        "Label Studio",
+        command,
+        log=log,
+        ready_url=f"{url}/health",
+        startup_seconds=STARTUP_SECONDS,
+        poll_seconds=2,
+        env=env,
+    ):
         yield LabelStudio(url=url, log=log)
-    finally:
-        _stop(process)
 
 
 # --- Chromium over the DevTools protocol ---------------------------------------------------------
@@ -240,4 +202,4 @@ def headless_page(executable: str, workdir: Path) -> Iterator[Page]:
         finally:
             page.close()
     finally:
-        _stop(process)  # type: ignore[arg-type]
+        stop_process_group(process)  # type: ignore[arg-type]

@@ -9,22 +9,16 @@ benchmarks/llamacpp_quality.py.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from server_helpers import free_port, run_setup_script, serving
 
 from cattune.training.models import smollm2_gguf
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2"
 STARTUP_SECONDS = 120
 SETUP_SECONDS = 3600  # a cold build of llama.cpp takes ~13 min on 2 free cores, longer on busy ones
@@ -33,22 +27,7 @@ _ACCESS = re.compile(r'"POST /v1/chat/completions HTTP/[\d.]+" (\d{3})')
 
 def install_llamacpp() -> Path:
     """Run the idempotent setup script (waits for a run in progress); returns its python."""
-    done = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "setup_llamacpp.sh")],
-        capture_output=True,
-        text=True,
-        timeout=SETUP_SECONDS,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/setup_llamacpp.sh failed: {done.stderr[-2000:]}")
-    return REPO_ROOT / done.stdout.strip().splitlines()[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return run_setup_script("setup_llamacpp.sh", timeout=SETUP_SECONDS)
 
 
 @dataclass
@@ -82,43 +61,19 @@ def server_command(python: Path, port: int, threads: int = 1) -> list[str]:
     ]
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
-
-
 @contextmanager
 def running_llamacpp(workdir: Path, threads: int = 1) -> Iterator[LlamaServer]:
     """Start the server on a free port, wait until it lists the model, stop it afterwards."""
     python = install_llamacpp()
     port = free_port()
     log = workdir / "llamacpp.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            server_command(python, port, threads),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama.cpp server did not start in {STARTUP_SECONDS} s")
-            time.sleep(0.5)
+    with serving(
+        "llama.cpp server",
+        server_command(python, port, threads),
+        log=log,
+        ready_url=f"{base_url}/models",
+        startup_seconds=STARTUP_SECONDS,
+        poll_seconds=0.5,
+    ):
         yield LlamaServer(base_url=base_url, log=log)
-    finally:
-        _stop(process)

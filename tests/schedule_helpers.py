@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 import psutil
+from server_helpers import free_port
 
 BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT = 240.0  # cold start ~26-33 s on an idle 2-core machine; far more under load
@@ -32,12 +32,6 @@ STOP_GRACE = 20.0
 MARKER = "CATTUNE_TEST_PROCESS"  # in the environment of every process a test starts
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def prefect_env(home: Path, api_url: str | None = None, **extra: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -192,10 +193,16 @@ def test_flow_body_only_orchestrates(
     assert opened == [store_root]
     assert summary.committed and summary.rows_annotated == 30
 
+    # Prefect records task runs from events, after the flow has returned: wait until all 8 are in.
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary.flow_run_id]))
-        )
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary.flow_run_id]))
+            )
+            if len(runs) >= 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     retries = {run.name.rsplit("-", 1)[0]: run.empirical_policy.retries for run in runs}
     assert {name: retries.get(name) for name in ("skip-done", "hash-source", "lineage")} == {
         "skip-done": 2,

@@ -7,7 +7,6 @@ deltalake and pyarrow read (endpoint, keys, region, ``AWS_ALLOW_HTTP``), and ``s
 from __future__ import annotations
 
 import multiprocessing
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from reliability_helpers import batch_failures, batch_rows
+from server_helpers import free_port
 
 from cattune.flows.cli import main
 from cattune.pipeline.release import make_release, verify_release
@@ -29,12 +29,6 @@ pytest.importorskip("moto.server")
 
 KEYS = {"AWS_ACCESS_KEY_ID": "cattune-test", "AWS_SECRET_ACCESS_KEY": "cattune-test-secret"}
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
