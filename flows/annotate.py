@@ -51,8 +51,8 @@ LLM_TAG = "cattune-llm"
 HIGHLIGHTS = 3
 
 
-class AnnotateSummary(BaseModel):
-    """What an annotate run did; also the body of its Markdown artifact."""
+class AnnotateSummary(RunCounts):
+    """What an annotate run did (its counts and where they went); also its Markdown artifact."""
 
     dataset: str
     version: int | None
@@ -62,20 +62,8 @@ class AnnotateSummary(BaseModel):
     annotator: str
     config_hash: str
     flow_run_id: str | None = None
-    rows_read: int = 0
-    rows_malformed: int = 0
-    rows_duplicate: int = Field(0, description="rows repeating an earlier row's id (same text)")
-    rows_skipped: int = 0
-    rows_annotated: int = 0
-    rows_quarantined: int = 0
-    rows_retryable: int = Field(0, description="quarantined for reasons that may pass on a re-run")
-    requests: int = Field(0, description="LLM requests made (the llm annotator)")
-    cached: int = Field(0, description="rows answered from the LLM reply cache")
     shards: int = 0
     shards_reused: int = Field(0, description="shards staged by a killed run and reused")
-    quarantine_reasons: dict[str, int] = Field(
-        {}, description="quarantined rows per reason kind (the reason before its details)"
-    )
 
 
 def source_sha256(path: str | Path) -> str:

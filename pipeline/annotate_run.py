@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from cattune.annotators.base import Annotator, reason_kind
 from cattune.pipeline.sources import SourceRow, malformed_row
@@ -47,15 +47,16 @@ class RunCounts(BaseModel):
 
     rows_read: int = 0
     rows_malformed: int = 0
-    rows_duplicate: int = 0
+    rows_duplicate: int = Field(0, description="rows repeating an earlier row's id (same text)")
     rows_skipped: int = 0
     rows_annotated: int = 0
     rows_quarantined: int = 0
-    rows_retryable: int = 0
-    requests: int = 0
-    cached: int = 0
-    quarantine_reasons: dict[str, int] = {}
-    """Quarantined rows per reason kind (``reason_kind``: the reason before its details)."""
+    rows_retryable: int = Field(0, description="quarantined for reasons that may pass on a re-run")
+    requests: int = Field(0, description="LLM requests made (the llm annotator)")
+    cached: int = Field(0, description="rows answered from the LLM reply cache")
+    quarantine_reasons: dict[str, int] = Field(
+        {}, description="quarantined rows per reason kind (the reason before its details)"
+    )
 
     def add(self, other: RunCounts) -> None:
         """Add another run part's counts to these."""

@@ -285,13 +285,10 @@ def run_dataset_mode(args: argparse.Namespace) -> int:
         store=args.store,
         shard_size=args.batch_size,
     )
-    from cattune.pipeline.annotate_run import RunCounts
-
     state = f"version {summary.version}" if summary.committed else "no new version"
     print(f"dataset     {summary.dataset}: {state} ({summary.shards} shards)")
-    counts = RunCounts.model_validate(summary.model_dump(include=set(RunCounts.model_fields)))
     target = f"{summary.dataset}@{summary.version}"
-    report(counts, args.annotator, annotated_to=target, quarantined_to=target, skipped=True)
+    report(summary, args.annotator, annotated_to=target, quarantined_to=target, skipped=True)
     return exit_status(
         args.annotator, summary.rows_annotated, summary.rows_quarantined, summary.rows_retryable
     )
