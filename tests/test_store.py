@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from deltalake import write_deltalake
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cattune.pipeline import store as store_module
 from cattune.pipeline.names import parse_ref, validate_name
-from cattune.pipeline.store import DatasetStore, Lineage
+from cattune.pipeline.store import DatasetStore, Lineage, store_rows
 from cattune.schemas import (
     AnnotatedExample,
     Annotation,
@@ -24,6 +25,7 @@ from cattune.schemas import (
     Relation,
     Span,
     StoreError,
+    to_table,
 )
 
 
@@ -359,8 +361,6 @@ def test_write_parts_from_parquet_files_is_one_commit_like_write(
     """Staged files stream into one merge; a failure of an annotated id or a repeat is left out."""
     import pyarrow.parquet as pq
 
-    from cattune.schemas import to_table
-
     store.write("files", [row(0)], [failed(1), failed(2)])
     parts = tmp_path / "parts"
     parts.mkdir()
@@ -386,3 +386,16 @@ def test_write_parts_from_parquet_files_is_one_commit_like_write(
     with pytest.raises(StoreError, match="repeat an id"):
         store.write_parts("files", [str(parts / "a0.parquet"), str(parts / "a0.parquet")])
     assert store.version("files") == 1
+
+
+def test_a_version_holding_a_duplicate_id_is_reported(tmp_path: Path) -> None:
+    """What a blind append by a racing writer would leave; the check names the id."""
+    store = DatasetStore(tmp_path)
+    store.write("dup", [row(0), row(1)])
+    empty = to_table([], QuarantinedExample)
+    write_deltalake(
+        store.uri("dup"), store_rows(to_table([row(1)], AnnotatedExample), empty), mode="append"
+    )
+    store._check_unique("dup", 0)
+    with pytest.raises(StoreError, match=f"duplicate ids \\['{row(1).id}'\\]"):
+        store._check_unique("dup", 1)
