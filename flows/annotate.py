@@ -41,6 +41,7 @@ from cattune.pipeline.annotate_run import (
     read_examples,
     remove_staging,
 )
+from cattune.pipeline.id_set import IdSet
 from cattune.pipeline.names import validate_name
 from cattune.pipeline.sources import read_source
 from cattune.pipeline.store import DatasetStore, Lineage
@@ -129,7 +130,7 @@ def load_source(
     prompt_field: str | None,
     completion_field: str | None,
     staging: str,
-    done: frozenset[str],
+    done: IdSet,
     shard_size: int,
     annotator: tuple[str, str | None, dict],
 ) -> SourcePlan:
@@ -187,12 +188,11 @@ def annotate_shard(
 
 
 @task(name="skip-done", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def skip_done(store: DatasetStore, dataset: str, config_hash: str) -> tuple[frozenset[str], int]:
+def skip_done(store: DatasetStore, dataset: str, config_hash: str) -> tuple[IdSet, int]:
     """Ids already annotated under ``config_hash`` (incremental runs) and the version read
     (-1 for a dataset that does not exist yet)."""
     version = store.version(dataset) if store.exists(dataset) else -1
-    done = store.annotated_ids(dataset, config_hash, include_final_quarantine=True)
-    return frozenset(done), version
+    return store.annotated_ids(dataset, config_hash, include_final_quarantine=True), version
 
 
 @task(name="hash-source", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

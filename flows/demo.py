@@ -280,7 +280,10 @@ def results_table(result: DemoResult) -> Table:
     for mode in result.modes:
         ratio = "n/a" if mode.causal_ratio is None else f"{mode.causal_ratio:.2f}"
         cells = (
-            mode.iid_accuracy, mode.ood_accuracy, mode.iid_choice_accuracy, mode.ood_choice_accuracy
+            mode.iid_accuracy,
+            mode.ood_accuracy,
+            mode.iid_choice_accuracy,
+            mode.ood_choice_accuracy,
         )
         table.add_row(mode.mode, *("n/a" if c is None else f"{c:.1%}" for c in cells), ratio)
     return table

@@ -16,13 +16,16 @@ import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from cattune.annotators.base import Annotator, reason_kind
+from cattune.pipeline.id_set import IdSet
 from cattune.pipeline.sources import SourceRow, malformed_row
 from cattune.schemas import (
     AnnotatedExample,
@@ -39,6 +42,7 @@ PLAN_FILE = "plan.json"
 ANNOTATED_SUFFIX = ".annotated.parquet"
 QUARANTINED_SUFFIX = ".quarantined.parquet"
 REASONS_KEPT = 10
+READ_CHUNK = 4096
 COUNTS_KEY = b"cattune.counts"
 
 
@@ -237,15 +241,16 @@ def plan_shards(
     annotator: Annotator,
     *,
     source: str,
-    done: frozenset[str] | set[str],
+    done: IdSet,
     shard_size: int,
     staging: Path,
 ) -> SourcePlan:
     """Write the rows still to annotate as shard input files of ``shard_size`` rows.
 
-    Ids in ``done`` are skipped and a repeated id is read once (its first row). A plan already
-    written under ``staging`` (a killed run's) is returned as it is: the staging key pins the
-    source, the configuration and the dataset version, so it holds the same shards.
+    Ids in ``done`` are skipped and a repeated id is read once (its first row); the ids seen are
+    kept in an ``IdSet`` (16 bytes an id). A plan already written under ``staging`` (a killed
+    run's) is returned as it is: the staging key pins the source, the configuration and the
+    dataset version, so it holds the same shards.
     """
     plan_file = staging / PLAN_FILE
     if plan_file.is_file():
@@ -254,7 +259,7 @@ def plan_shards(
     shards: list[str] = []
 
     def malformed() -> Iterator[Batch]:
-        seen: set[str] = set()
+        seen = IdSet()
         pending: list[Example] = []
         bad: list[QuarantinedExample] = []
 
@@ -264,24 +269,24 @@ def plan_shards(
             shards.append(str(path))
             pending.clear()
 
-        for row in rows:
-            counts.rows_read += 1
-            if row.example is None:
-                bad.append(source_error_row(row, annotator, source))
-                if len(bad) >= shard_size:
-                    yield Batch([], bad[:], len(bad))
-                    bad.clear()
-                continue
-            if row.example.id in seen:
-                counts.rows_duplicate += 1
-                continue
-            seen.add(row.example.id)
-            if row.example.id in done:
-                counts.rows_skipped += 1
-                continue
-            pending.append(row.example)
-            if len(pending) >= shard_size:
-                flush()
+        source_rows = iter(rows)
+        while chunk := list(islice(source_rows, READ_CHUNK)):
+            counts.rows_read += len(chunk)
+            good = [row.example for row in chunk if row.example is not None]
+            ids = pa.array([example.id for example in good], pa.string())
+            first, skip = seen.add(ids), done.isin(ids)
+            counts.rows_duplicate += int((~first).sum())
+            counts.rows_skipped += int((first & skip).sum())
+            for example, keep in zip(good, first & ~skip, strict=True):
+                if keep:
+                    pending.append(example)
+                    if len(pending) >= shard_size:
+                        flush()
+            failed = [row for row in chunk if row.example is None]
+            bad += [source_error_row(row, annotator, source) for row in failed]
+            if len(bad) >= shard_size:
+                yield Batch([], bad[:], len(bad))
+                bad.clear()
         if pending:
             flush()
         yield Batch([], bad, len(bad))

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import (
     CommitProperties,
@@ -596,20 +595,24 @@ class DatasetStore:
 
     def annotated_ids(
         self, name: str, config_hash: str, *, include_final_quarantine: bool = False
-    ) -> set[str]:
+    ) -> IdSet:
         """Ids already annotated under ``config_hash`` (empty if the dataset does not exist).
 
         With ``include_final_quarantine``, ids quarantined under the same hash for a reason that
-        will not change on a retry count as done too (an incremental run skips them).
+        will not change on a retry count as done too (an incremental run skips them). The ids
+        are streamed into an ``IdSet`` (16 bytes an id), not loaded as a table.
         """
         if not self.exists(name):
-            return set()
+            return IdSet()
+        done = f"({IS_ANNOTATED} OR ({IS_QUARANTINED} AND NOT retryable))"
+        config = "'" + config_hash.replace("'", "''") + "'"
+        where = f"{done if include_final_quarantine else IS_ANNOTATED} AND "
+        where += f"annotation['config_hash'] = {config}"
         table = self._table(name)
-        done = _ids_with_hash(self._scan(table, "id, annotation", IS_ANNOTATED), config_hash)
-        if include_final_quarantine:
-            final = self._scan(table, "id, annotation", f"{IS_QUARANTINED} AND NOT retryable")
-            done |= _ids_with_hash(final, config_hash)
-        return done
+        try:
+            return IdSet(_query_ids(table, where))
+        except Exception as error:  # deltalake / DataFusion raise several unrelated types here
+            raise _damaged(table.table_uri, error) from None
 
 
 def _batches(part: Part, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -706,10 +709,3 @@ def _relations_by_id(table: pa.Table) -> dict[str, Any]:
     return dict(
         zip(table.column("id").to_pylist(), table.column("relations").to_pylist(), strict=True)
     )
-
-
-def _ids_with_hash(table: pa.Table, config_hash: str) -> set[str]:
-    hashes = pc.struct_field(table.column("annotation"), "config_hash").to_pylist()
-    return {
-        i for i, h in zip(table.column("id").to_pylist(), hashes, strict=True) if h == config_hash
-    }

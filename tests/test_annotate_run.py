@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -20,6 +21,7 @@ from cattune.pipeline.annotate_run import (
     plan_shards,
     read_examples,
 )
+from cattune.pipeline.id_set import IdSet
 from cattune.pipeline.sources import SourceRow, read_source
 from cattune.pipeline.store import DatasetStore
 from cattune.schemas import AnnotatedExample, Example, QuarantinedExample, from_table
@@ -105,7 +107,7 @@ def test_plan_skips_done_ids_reads_repeats_once_and_is_reused(
     annotator = get_annotator("given")
     rows = list(read_source(source, format="cat"))
     examples = [r.example for r in rows if r.example is not None]
-    done = frozenset(e.id for e in examples[:10])
+    done = IdSet([pa.array([e.id for e in examples[:10]])])
     repeated = [*rows, rows[20], rows[-1]]  # one repeated example, one repeated malformed row
     staging = tmp_path / "staging"
     plan = plan_shards(
@@ -115,6 +117,7 @@ def test_plan_skips_done_ids_reads_repeats_once_and_is_reused(
     planned = [e for shard in plan.shards for e in read_examples(shard)]
     distinct = list(dict.fromkeys(e.id for e in examples))
     assert [e.id for e in planned] == [i for i in distinct if i not in done]
+    assert len(planned) == len(distinct) - len(done)
     assert [len(read_examples(s)) for s in plan.shards[:-1]] == [8] * (len(plan.shards) - 1)
     counts = plan.counts
     assert counts.rows_read == len(repeated)
@@ -129,7 +132,7 @@ def test_plan_skips_done_ids_reads_repeats_once_and_is_reused(
         yield
 
     again = plan_shards(
-        unread(), annotator, source="x", done=frozenset(), shard_size=3, staging=staging
+        unread(), annotator, source="x", done=IdSet(), shard_size=3, staging=staging
     )
     assert again == plan
 
@@ -147,7 +150,7 @@ def test_plan_partitions_any_rows(texts: list[str], shard_size: int) -> None:
     rows = [SourceRow(i + 1, Example.create(t, "x"), None, t) for i, t in enumerate(texts)]
     with tempfile.TemporaryDirectory() as tmp:
         plan = plan_shards(
-            rows, annotator, source="s", done=frozenset(), shard_size=shard_size, staging=Path(tmp)
+            rows, annotator, source="s", done=IdSet(), shard_size=shard_size, staging=Path(tmp)
         )
         planned = [e for shard in plan.shards for e in read_examples(shard)]
     assert [e.prompt for e in planned] == list(dict.fromkeys(texts))

@@ -71,7 +71,8 @@ def test_thousand_rows_under_faults_all_accounted_and_rerun_retries_only_transie
     # The flow's incremental rule: commit, then annotate only what the store does not hold.
     store.write("faults", good, bad)
     done = store.annotated_ids("faults", llm.config_hash(), include_final_quarantine=True)
-    assert done == {r.id for r in good} | {q.id for q in final}
+    assert {e.id for e in inputs if e.id in done} == {r.id for r in good} | {q.id for q in final}
+    assert len(done) == len(good) + len(final)
     pending = [e for e in inputs if e.id not in done]
     assert {e.id for e in pending} == {q.id for q in retryable}
 
