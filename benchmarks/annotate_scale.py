@@ -1,11 +1,13 @@
 """Rows/s and peak RSS of the annotate flow as the source grows (issue 13, finding REL-6).
 
-Each size runs in two processes: one generates the STG source (seeded; not measured, so the
-generator's memory does not count), the other warms up the Prefect ephemeral server, then runs the
+Each size runs in three processes: one generates the STG source (seeded; not measured, so the
+generator's memory does not count); the next warms up the Prefect ephemeral server, then runs the
 real annotate flow with the prior annotator (``key-value-records`` pack) into a fresh store,
-sampling the process's RSS every 0.5 s. The table gives rows/s, RSS before the flow, peak RSS, and
-the peak relative to the smallest size's
-peak (the issue's goal for a streaming flow: 200k <= 1.25x the 20k peak, 1M <= 1 GB).
+sampling the process's RSS every 0.5 s; the last runs the flow again on the same source and store
+(an incremental run: every row is already annotated and skipped, nothing is committed). The table
+gives rows/s, RSS before the flow, peak RSS, the peak relative to the smallest size's peak (the
+issue's goal for a streaming flow: 200k <= 1.25x the 20k peak, 1M <= 1 GB), and the re-run's
+seconds and peak RSS.
 
     OMP_NUM_THREADS=1 python benchmarks/annotate_scale.py --rows 20000,200000 [--shard-size 1000]
 """
@@ -37,8 +39,12 @@ def generate(rows: int, source: Path) -> None:
     pq.write_table(to_table(train, AnnotatedExample).select(["id", "prompt", "completion"]), source)
 
 
-def measure(rows: int, shard_size: int, work: Path) -> dict[str, float]:
-    """One size, in this process: returns rows, seconds, RSS before and peak (MB)."""
+def measure(rows: int, shard_size: int, work: Path, again: bool) -> dict[str, float]:
+    """One flow run over ``rows`` rows in this process: seconds, RSS before and peak (MB).
+
+    The first run generates the source and annotates it into a fresh store; ``again`` re-runs
+    it over the same store, where every row is skipped.
+    """
     for key, value in {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
@@ -51,9 +57,10 @@ def measure(rows: int, shard_size: int, work: Path) -> dict[str, float]:
     from cattune.flows.annotate import annotate_flow
 
     source = work / f"stg-{rows}.parquet"
-    subprocess.run(
-        [sys.executable, __file__, "--generate", str(rows), "--out", str(source)], check=True
-    )
+    if not again:
+        subprocess.run(
+            [sys.executable, __file__, "--generate", str(rows), "--out", str(source)], check=True
+        )
     flow(lambda: None, name="warm-up")()
 
     before = rss_mb()
@@ -69,16 +76,37 @@ def measure(rows: int, shard_size: int, work: Path) -> dict[str, float]:
     peak = max([before, rss_mb(), *(mb for _, mb in sampler.samples)])
     # Generated STG rows can repeat a text (same id): the flow folds those into one row.
     done = summary.rows_annotated + summary.rows_quarantined + summary.rows_duplicate
-    if (summary.rows_read, done) != (rows, rows):
+    if again:
+        done, expect = summary.rows_skipped + summary.rows_duplicate, (rows, rows, False)
+        if (summary.rows_read, done, summary.committed) != expect:
+            raise SystemExit(f"re-run of {rows} rows: {summary.model_dump_json()}")
+    elif (summary.rows_read, done) != (rows, rows):
         raise SystemExit(f"{rows} rows written, {summary.rows_read} read, {done} accounted for")
-    return {"rows": rows, "seconds": seconds, "rss_before": before, "rss_peak": peak}
+    return {"seconds": seconds, "rss_before": before, "rss_peak": peak}
+
+
+def child(rows: int, shard_size: int, work: Path, again: bool) -> dict[str, float]:
+    """``measure`` in a fresh process (so that one run's memory does not count in the next)."""
+    flags = ["--again"] if again else []
+    finished = subprocess.run(
+        [sys.executable, __file__, "--one", str(rows), "--shard-size", str(shard_size)]
+        + ["--work", str(work), *flags],
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in finished.stdout.splitlines() if line.startswith("RESULT ")]
+    if finished.returncode != 0 or not lines:
+        sys.exit(finished.stdout[-2000:] + finished.stderr[-4000:])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="20000,200000,1000000", help="comma-separated sizes")
     parser.add_argument("--shard-size", type=int, default=1000)
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: measure one size
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: measure one run
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)  # child: write a source
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -88,33 +116,37 @@ def main() -> int:
         return 0
 
     if args.one:
-        with tempfile.TemporaryDirectory(prefix="cattune-scale-") as work:
-            result = measure(args.one, args.shard_size, Path(work))
+        result = measure(args.one, args.shard_size, Path(args.work), args.again)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     results = []
     for rows in (int(r) for r in args.rows.split(",")):
-        child = subprocess.run(
-            [sys.executable, __file__, "--one", str(rows), "--shard-size", str(args.shard_size)],
-            capture_output=True,
-            text=True,
+        with tempfile.TemporaryDirectory(prefix="cattune-scale-") as work:
+            first = child(rows, args.shard_size, Path(work), again=False)
+            again = child(rows, args.shard_size, Path(work), again=True)
+        results.append(
+            {
+                "rows": rows,
+                **first,
+                "again_seconds": again["seconds"],
+                "again_peak": again["rss_peak"],
+            }
         )
-        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
-        if child.returncode != 0 or not lines:
-            print(child.stdout[-2000:] + child.stderr[-4000:], file=sys.stderr)
-            return 1
-        results.append(json.loads(lines[-1][len("RESULT ") :]))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
 
     base = results[0]["rss_peak"]
     print(f"annotate flow, prior annotator ({PACK}), shards of {args.shard_size}")
-    print("| rows | seconds | rows/s | RSS before (MB) | peak RSS (MB) | peak / first peak |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| rows | seconds | rows/s | RSS before (MB) | peak RSS (MB) | peak / first peak "
+        "| re-run: seconds | re-run: peak RSS (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['rows']:,} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:.0f} "
-            f"| {r['rss_before']:.0f} | {r['rss_peak']:.0f} | {r['rss_peak'] / base:.2f}x |"
+            f"| {r['rss_before']:.0f} | {r['rss_peak']:.0f} | {r['rss_peak'] / base:.2f}x "
+            f"| {r['again_seconds']:.1f} | {r['again_peak']:.0f} |"
         )
     return 0
 

@@ -43,6 +43,10 @@ BENCHMARKS: dict[str, tuple[list[str], str]] = {
         [],
         "Annotate flow scale-out: Dask LocalCluster (1, 2, 4 workers) vs the thread runner",
     ),
+    "annotate_scale": (
+        ["--rows", "20000,200000,1000000"],
+        "Annotate flow at scale: rows/s and peak RSS as the source grows (prior annotator)",
+    ),
 }
 
 
