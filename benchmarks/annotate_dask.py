@@ -202,7 +202,7 @@ def main() -> None:
             args.workers,
             root,
         )
-        with endpoint(args.latency) as base_url:
+        with endpoint(args.latency) as (base_url, _):
             options = {
                 "model": "scripted",
                 "base_url": base_url,

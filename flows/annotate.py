@@ -5,8 +5,8 @@ annotated under the annotator's ``config_hash`` (incremental runs), read the sou
 shard input files (malformed rows are staged as quarantine with their reason), annotate the
 shards (``.map``, retried on errors that are not the user's; each shard stages its annotated and
 quarantined rows to Parquet and returns only their paths and counts), then commit every staged
-file in one store write (one Delta commit) and publish a Markdown artifact. Memory is bounded by
-a few shards, not the source size.
+file in one store write (one Delta commit) and publish a Markdown artifact. Memory holds a few
+shards and 16 bytes an id (``IdSet``), never the source's rows.
 
 Staging lives under the store (``DatasetStore.staging_dir``), keyed by the source hash, the
 annotator configuration, the reading options and the dataset version it was planned against. A
