@@ -37,8 +37,8 @@ def run_benchmark(script: str, *arguments: str) -> list[str]:
 @pytest.mark.prefect
 @pytest.mark.slow
 def test_annotate_scale_runs_and_re_runs_each_size(prefect_harness: None) -> None:
-    rows = run_benchmark("annotate_scale.py", "--rows", "300,400", "--shard-size", "100")
-    assert [row.split(" | ")[0] for row in rows[1:]] == ["| 300", "| 400"]
+    rows = run_benchmark("annotate_scale.py", "--rows", "300", "--shard-size", "100")
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| 300"]
     assert all(len(row.split(" | ")) == 8 for row in rows)
 
 
