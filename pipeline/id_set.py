@@ -47,8 +47,8 @@ class IdSet:
     def __len__(self) -> int:
         return sum(len(level) for level in self._levels)
 
-    def __contains__(self, id: str) -> bool:
-        return bool(self.isin(pa.array([id], pa.string()))[0])
+    def __contains__(self, value: str) -> bool:
+        return bool(self.isin(pa.array([value], pa.string()))[0])
 
     def isin(self, ids: Ids) -> np.ndarray:
         """A boolean mask: which of ``ids`` are in the set."""
