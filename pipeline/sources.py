@@ -485,9 +485,14 @@ def _to_example(record: dict[str, Any], fields: _Fields, source: str, split: str
     completion = _text_field(record, completion_name, numbers=True)
     used = {prompt_name, completion_name}
     extra: dict[str, str] = {}
-    if CAT_RELATIONS_FIELD in record and fields.mode != "contract":
-        used.add(CAT_RELATIONS_FIELD)
-        _add_given(extra, record[CAT_RELATIONS_FIELD], CAT_RELATIONS_FIELD)
+    # Given phrase relations: the CAT field, or a field named like the key they are kept under
+    # (which must then hold wire-format JSON, never the raw value).
+    given = [name for name in (CAT_RELATIONS_FIELD, GIVEN_RELATIONS_KEY) if name in record]
+    if len(given) > 1:
+        raise _RowError(f"fields {given[0]!r} and {given[1]!r} both give relations; keep one")
+    for name in given:
+        used.add(name)
+        _add_given(extra, record[name], name)
     meta = _meta(record, used, extra, source, split)
     return Example.create(prompt, completion, meta)
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import example as hypothesis_example
 from hypothesis import strategies as st
 
 from cattune.annotators.base import GIVEN_PROBLEMS_KEY, GIVEN_RELATIONS_KEY
@@ -413,6 +414,7 @@ _json = st.recursive(
     ),
     format=st.sampled_from(["auto", "cat", "contract"]),
 )
+@hypothesis_example(rows=[{"relations": "", "input": "0", "target": 0}], format="auto")  # CI
 def test_no_row_content_aborts_a_file(tmp_path: Path, rows: list[object], format: str) -> None:
     """Whatever the rows hold, reading never raises after the whole-file checks, and every
     non-blank line gives exactly one SourceRow (an example, or an error and the raw line)."""
@@ -425,3 +427,21 @@ def test_no_row_content_aborts_a_file(tmp_path: Path, rows: list[object], format
         if row.example is not None:
             json.loads(row.example.meta.extra.get(GIVEN_RELATIONS_KEY, "{}"))
             to_table([row.example], Example)  # storable: Parquet rejects what JSON allowed
+
+
+def test_a_relations_field_of_a_plain_row_is_read_as_given_relations(tmp_path: Path) -> None:
+    """Kept under the same key as the CAT field's relations, so it must become wire JSON."""
+    wire = {"relations": [{"effect": "b", "causes": ["a"]}]}
+    rows = [
+        {"input": "a", "target": "b", "relations": wire},
+        {"input": "a", "target": "c", "relations": ""},
+        {"input": "a", "target": "d", "relations": wire, "important": {"d": ["a"]}},
+    ]
+    good, bad_value, both = read_source(_write_jsonl(tmp_path / "r.jsonl", rows), format="auto")
+    assert json.loads(good.example.meta.extra[GIVEN_RELATIONS_KEY]) == wire
+    assert json.loads(bad_value.example.meta.extra[GIVEN_RELATIONS_KEY]) == {"relations": []}
+    assert json.loads(bad_value.example.meta.extra[GIVEN_PROBLEMS_KEY]) == [
+        "field 'relations': expected an object or a list of relations, got str"
+    ]
+    assert both.example is None
+    assert "fields 'important' and 'relations' both give relations" in both.error
