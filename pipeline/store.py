@@ -663,15 +663,12 @@ def _merge_reader(
             for batch in _batches(part):
                 if (out := flagged(batch, ANNOTATED, False)) is not None:
                     yield out
-        seen: set[str] = set()
+        seen = IdSet()
         for part in quarantined:
             for batch in _batches(part):
                 ids = batch.column(batch.schema.get_field_index("id")).cast(pa.string())
-                keep = (~rows.isin(ids)).tolist()
-                for i, value in enumerate(ids.to_pylist()):
-                    keep[i] = keep[i] and value not in seen
-                    if keep[i]:
-                        seen.add(value)
+                keep = ~rows.isin(ids)
+                keep[keep] = seen.add(ids.filter(pa.array(keep)))  # first failure of an id
                 if (out := flagged(batch.filter(pa.array(keep)), QUARANTINED, False)) is not None:
                     yield out
         if resolved:
